@@ -1,0 +1,194 @@
+"""Content-addressed artifact cache: every pipeline stage reads and writes through here.
+
+An artifact lives in ``<root>/<stage>/<key>/``. The key is a hash of the stage's own config, the keys
+of the artifacts it reads, and the stage's code version (bumped by hand when the output changes).
+A folder counts as complete only when its ``manifest.json`` (written last) lists every file with its
+size and sha256 and all of them match; anything else is partial and is rebuilt.
+
+Stages that take long (LM training) work in ``<key>.partial/`` so an interrupted run resumes from its
+last checkpoint there; when done, the folder is sealed with a manifest and renamed into place.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+MANIFEST = "manifest.json"
+
+
+class CacheError(RuntimeError):
+    """A cache artifact is missing, partial or corrupt."""
+
+
+def stable_hash(obj: Any, n: int = 16) -> str:
+    """Hex digest of a JSON-able object, independent of dict order."""
+    blob = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:n]
+
+
+def sha256_file(path: Path, bufsize: int = 1 << 22) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(bufsize):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` via a temp file in the same folder and ``os.replace``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_json(path: Path, obj: Any) -> None:
+    atomic_write_bytes(Path(path), (json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + "\n").encode())
+
+
+def _json_default(o: Any) -> Any:
+    # numpy scalars and paths show up in summaries; everything else is a bug worth seeing.
+    try:
+        import numpy as np
+
+        if isinstance(o, np.generic):
+            return o.item()
+        if isinstance(o, np.ndarray):
+            return o.tolist()
+    except ImportError:  # pragma: no cover
+        pass
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"not JSON-serialisable: {type(o).__name__}")
+
+
+def atomic_save_safetensors(path: Path, tensors: dict, metadata: dict | None = None) -> None:
+    """safetensors.torch.save_file through a temp file, so a crash never leaves half a file."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp, metadata=metadata)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+@dataclass
+class Artifact:
+    """One stage output folder. ``path`` is where the finished artifact lives."""
+
+    stage: str
+    key: str
+    path: Path
+    spec: dict
+
+    @property
+    def partial_path(self) -> Path:
+        return self.path.with_name(self.path.name + ".partial")
+
+    def is_complete(self, verify: bool = True) -> bool:
+        try:
+            self.check(verify=verify)
+            return True
+        except CacheError:
+            return False
+
+    def check(self, verify: bool = True) -> None:
+        """Raise CacheError if the artifact is absent, partial or corrupt."""
+        check_manifest(self.path, verify=verify)
+
+    def begin(self, resume: bool = True) -> Path:
+        """Return the work folder for building this artifact (kept across interruptions if resume)."""
+        work = self.partial_path
+        if work.exists() and not resume:
+            shutil.rmtree(work)
+        work.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(work / "spec.json", self.spec)
+        return work
+
+    def seal(self) -> Path:
+        """Write the manifest into the work folder and move it into place."""
+        work = self.partial_path
+        write_manifest(work)
+        if self.path.exists():  # a stale or corrupt copy: replaced, never merged
+            shutil.rmtree(self.path)
+        os.replace(work, self.path)
+        return self.path
+
+
+def write_manifest(folder: Path) -> dict:
+    folder = Path(folder)
+    files = {}
+    for p in sorted(folder.rglob("*")):
+        if p.is_file() and p.name != MANIFEST and not p.name.endswith(".tmp"):
+            rel = p.relative_to(folder).as_posix()
+            files[rel] = {"size": p.stat().st_size, "sha256": sha256_file(p)}
+    manifest = {"files": files}
+    atomic_write_json(folder / MANIFEST, manifest)
+    return manifest
+
+
+# Checksums already verified in this process, keyed by every file's size and mtime, so a second
+# get_X() in one run does not re-hash gigabytes, while any rewrite of a file forces a fresh check.
+_VERIFIED: set[tuple] = set()
+
+
+def check_manifest(folder: Path, verify: bool = True) -> dict:
+    """Check every file listed in ``folder/manifest.json`` (size always, sha256 if ``verify``)."""
+    folder = Path(folder)
+    mpath = folder / MANIFEST
+    if not mpath.is_file():
+        raise CacheError(f"{folder}: no manifest (absent or interrupted build)")
+    try:
+        manifest = json.loads(mpath.read_text())
+        files = manifest["files"]
+    except (ValueError, KeyError) as e:
+        raise CacheError(f"{mpath}: unreadable manifest ({e})") from None
+    stamp = []
+    for rel, meta in files.items():
+        p = folder / rel
+        if not p.is_file():
+            raise CacheError(f"{p}: missing file listed in manifest")
+        st = p.stat()
+        if st.st_size != meta["size"]:
+            raise CacheError(f"{p}: size {st.st_size} != {meta['size']} in manifest")
+        stamp.append((rel, st.st_size, st.st_mtime_ns))
+    memo = (str(folder.resolve()), tuple(stamp))
+    if verify and memo not in _VERIFIED:
+        for rel, meta in files.items():
+            if sha256_file(folder / rel) != meta["sha256"]:
+                raise CacheError(f"{folder / rel}: checksum mismatch (corrupt file)")
+        _VERIFIED.add(memo)
+    return manifest
+
+
+class Cache:
+    """Maps (stage, config, inputs, version) to an :class:`Artifact` folder under ``root``."""
+
+    def __init__(self, root: str | os.PathLike):
+        self.root = Path(root)
+
+    def artifact(self, stage: str, config: dict, inputs: dict[str, str] | None = None, version: int = 1) -> Artifact:
+        spec = {"stage": stage, "version": version, "config": config, "inputs": dict(inputs or {})}
+        key = stable_hash(spec)
+        return Artifact(stage=stage, key=key, path=self.root / stage / key, spec=spec)

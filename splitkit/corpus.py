@@ -1,0 +1,163 @@
+"""Documents and their deterministic train / validation / analysis split.
+
+The embedded default corpus is the source of the running interpreter's standard library: real Python
+code with English docstrings and comments, about 30 MB, on every machine that runs splitkit.
+A document's split is decided by a hash of its name and ``split_seed`` alone, so adding or removing
+other documents never moves it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sysconfig
+from dataclasses import dataclass
+from pathlib import Path
+
+from .config import CorpusConfig
+
+SPLITS = ("train", "val", "analysis")
+
+
+class CorpusError(ValueError):
+    """The corpus cannot be read; the message says what to fix."""
+
+
+@dataclass
+class Document:
+    name: str
+    text: str
+
+
+def stdlib_root() -> Path:
+    return Path(sysconfig.get_paths()["stdlib"])
+
+
+def _read_text_file(p: Path) -> str | None:
+    data = p.read_bytes()
+    if b"\x00" in data[:4096]:
+        return None  # binary
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+
+
+def _iter_folder(root: Path, pattern: str, skip_site_packages: bool):
+    for p in sorted(root.glob(pattern)):
+        if not p.is_file():
+            continue
+        rel = p.relative_to(root).as_posix()
+        if skip_site_packages and ("site-packages" in rel or "dist-packages" in rel):
+            continue
+        text = _read_text_file(p)
+        if text:
+            yield Document(rel, text)
+
+
+def load_documents(cfg: CorpusConfig) -> list[Document]:
+    """Read the corpus named by ``cfg`` into documents (sorted by name, so order is stable)."""
+    if cfg.path is None:
+        docs = list(_iter_folder(stdlib_root(), cfg.glob, skip_site_packages=True))
+        source = f"standard library at {stdlib_root()}"
+    else:
+        path = Path(cfg.path).expanduser()
+        source = str(path)
+        if not path.exists():
+            raise CorpusError(f"--corpus {path}: no such file or folder")
+        if path.is_dir():
+            docs = list(_iter_folder(path, cfg.glob, skip_site_packages=False))
+        elif path.suffix == ".jsonl":
+            docs = _read_jsonl(path, cfg.text_column)
+        elif path.suffix == ".parquet":
+            docs = _read_parquet(path, cfg.text_column)
+        else:
+            text = _read_text_file(path)
+            if text is None:
+                raise CorpusError(f"--corpus {path}: not a UTF-8 text file (give text, a folder, .jsonl or .parquet)")
+            docs = _split_text_file(path.name, text)
+    docs = [d for d in docs if d.text.strip()]
+    if cfg.max_docs is not None:
+        # a spread-out subset, not the first files alphabetically, so small presets see varied text
+        step = max(1, len(docs) // cfg.max_docs)
+        docs = docs[::step][: cfg.max_docs]
+    if not docs:
+        raise CorpusError(f"corpus {source}: no non-empty text documents found (glob {cfg.glob!r})")
+    return docs
+
+
+def _split_text_file(name: str, text: str, target_chars: int = 20_000) -> list[Document]:
+    """One big text file becomes documents at blank lines, about ``target_chars`` each, so it can be split."""
+    out, buf, size = [], [], 0
+    for para in text.split("\n\n"):
+        buf.append(para)
+        size += len(para) + 2
+        if size >= target_chars:
+            out.append(Document(f"{name}#{len(out)}", "\n\n".join(buf)))
+            buf, size = [], 0
+    if buf:
+        out.append(Document(f"{name}#{len(out)}", "\n\n".join(buf)))
+    return out
+
+
+def _read_jsonl(path: Path, column: str) -> list[Document]:
+    docs = []
+    with open(path, encoding="utf-8") as fh:
+        for i, line in enumerate(fh):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except ValueError:
+                raise CorpusError(f"--corpus {path}: line {i + 1} is not valid JSON") from None
+            if not isinstance(row, dict) or column not in row:
+                raise CorpusError(f"--corpus {path}: line {i + 1} has no {column!r} field (set --text-column)")
+            docs.append(Document(f"{path.name}:{i}", str(row[column])))
+    return docs
+
+
+def _read_parquet(path: Path, column: str) -> list[Document]:
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.read_table(path, columns=[column])
+    except Exception as e:  # pyarrow raises several types for missing columns / bad files
+        raise CorpusError(f"--corpus {path}: cannot read column {column!r} ({type(e).__name__}: {e})") from None
+    return [Document(f"{path.name}:{i}", str(t)) for i, t in enumerate(table.column(column).to_pylist()) if t]
+
+
+def split_of(name: str, fractions: tuple[float, float, float], seed: int) -> str:
+    """Deterministic split for a document name: a hash mapped to [0, 1)."""
+    h = hashlib.sha256(f"{seed}:{name}".encode()).digest()
+    u = int.from_bytes(h[:8], "big") / 2**64
+    if u < fractions[0]:
+        return "train"
+    if u < fractions[0] + fractions[1]:
+        return "val"
+    return "analysis"
+
+
+def split_documents(docs: list[Document], cfg: CorpusConfig) -> dict[str, list[Document]]:
+    out = {s: [] for s in SPLITS}
+    for d in docs:
+        out[split_of(d.name, cfg.fractions, cfg.split_seed)].append(d)
+    for s in SPLITS:
+        if not out[s]:
+            raise CorpusError(f"corpus split {s!r} is empty ({len(docs)} documents); use a larger corpus or other fractions")
+    return out
+
+
+def corpus_manifest(splits: dict[str, list[Document]], cfg: CorpusConfig) -> dict:
+    """Names, sizes and a content hash per split: enough to tell whether two runs saw the same text."""
+    man = {"config": cfg.to_dict(), "source": cfg.path or f"stdlib:{stdlib_root()}", "splits": {}}
+    for s, docs in splits.items():
+        h = hashlib.sha256()
+        for d in docs:
+            h.update(d.name.encode() + b"\0" + d.text.encode() + b"\0")
+        man["splits"][s] = {
+            "n_docs": len(docs),
+            "n_chars": sum(len(d.text) for d in docs),
+            "sha256": h.hexdigest(),
+            "docs": [d.name for d in docs],
+        }
+    return man
