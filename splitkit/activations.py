@@ -62,6 +62,7 @@ def harvest(
     shard_tokens = max(T, (shard_tokens // T) * T)  # whole windows per shard
     np_dtype = np.dtype(dtype)
     tok_out = np.empty(n, dtype=np.int32)
+    act_sum = np.zeros(d, dtype=np.float64)  # for the mean-ablation baseline
     pos_out = np.tile(np.arange(T, dtype=np.int16), len(starts))
     shard, shard_fill, shard_idx, row = None, 0, 0, 0
     bar = tqdm(total=n, desc="harvest", unit="tok", unit_scale=True, disable=not progress, leave=False)
@@ -80,7 +81,9 @@ def harvest(
         s = starts[i : i + batch_size]
         win = tokens[s[:, None] + np.arange(T)[None, :]]
         acts = model.mlp_acts(torch.from_numpy(win.astype(np.int64)).to(dev))  # [B, T, d]
-        acts = acts.reshape(-1, d).float().cpu().numpy().astype(np_dtype)
+        acts = acts.reshape(-1, d).float().cpu().numpy()
+        act_sum += acts.sum(0, dtype=np.float64)
+        acts = acts.astype(np_dtype)
         tok_out[row : row + acts.shape[0]] = win.reshape(-1)
         j = 0
         while j < acts.shape[0]:
@@ -98,6 +101,7 @@ def harvest(
     bar.close()
     np.save(out_dir / "tokens.npy", tok_out)
     np.save(out_dir / "positions.npy", pos_out)
+    np.save(out_dir / "mean_acts.npy", (act_sum / max(1, n)).astype(np.float32))
     meta = {"d": d, "n_tokens": int(n), "shard_tokens": int(shard_tokens), "dtype": dtype, "n_ctx": T,
             "n_shards": shard_idx}
     atomic_write_json(out_dir / "meta.json", meta)
@@ -127,6 +131,11 @@ class ActivationStore:
     @property
     def tokens(self) -> np.ndarray:
         return np.load(self.folder / "tokens.npy", mmap_mode="r")
+
+    @property
+    def mean_acts(self) -> np.ndarray:
+        """Mean activation over the store's tokens ``[d]`` (the mean-ablation baseline)."""
+        return np.load(self.folder / "mean_acts.npy")
 
     @property
     def positions(self) -> np.ndarray:

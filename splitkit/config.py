@@ -100,7 +100,7 @@ class ModelConfig(_Section):
 
 @dataclass(frozen=True)
 class LMTrainConfig(_Section):
-    n_tokens: int = 6_000_000
+    n_tokens: int = 3_000_000
     batch_size: int = 64  # sequences of n_ctx tokens
     lr: float = 3e-3
     warmup_frac: float = 0.02
@@ -143,8 +143,9 @@ class DictConfig(_Section):
     lr: float = 1e-3
     l1_coeff: float = 5.0
     k: int = 32
-    matmul_dtype: str = "bfloat16"
+    matmul_dtype: str = "auto"  # bf16 GEMMs where the hardware has them (CUDA, AMX/AVX512-BF16), else fp32
     seed: int = 0
+    checkpoint_every: int = 250
     snapshot_tokens: tuple[int, ...] = ()
 
     def __post_init__(self):
@@ -211,7 +212,7 @@ def _smoke() -> Config:
         model=ModelConfig(d_model=32, n_heads=2, d_mlp=64, n_ctx=32),
         lm=LMTrainConfig(n_tokens=40_000, batch_size=16, lr=3e-3, checkpoint_every=20, eval_tokens=8192),
         acts=ActivationsConfig(n_tokens=60_000, shard_tokens=16_384),
-        dict=DictConfig(sizes=(128,), n_tokens=100_000, batch_size=1024, lr=3e-3, l1_coeff=1.0),
+        dict=DictConfig(sizes=(128,), n_tokens=100_000, batch_size=1024, lr=3e-3, l1_coeff=1e-3, checkpoint_every=40),
         analysis=AnalysisConfig(n_tokens=30_000, min_count=3),
     )
 

@@ -9,9 +9,9 @@ Studies call these and never train or harvest on their own.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
-import os
 import sys
 import time
 from dataclasses import dataclass
@@ -25,7 +25,7 @@ from .config import Config
 log = logging.getLogger("splitkit")
 
 # Code versions of each stage: bump when the stage's output for the same config would change.
-VERSIONS = {"tokens": 1, "lm": 1, "acts": 1, "dicts": 1, "sae_eval": 1, "features": 1}
+VERSIONS = {"tokens": 2, "lm": 1, "acts": 2, "dicts": 1, "sae_eval": 1, "features": 1}
 
 
 class PipelineError(RuntimeError):
@@ -54,13 +54,22 @@ def _ready(art: Artifact) -> bool:
 # --- corpus and tokens ---------------------------------------------------------------------------
 
 def _corpus_fingerprint(cfg: Config) -> dict:
-    """Cheap identity of the corpus (names, sizes, mtimes); the manifest keeps the content hash."""
-    from .corpus import stdlib_root
+    """Cheap identity of the corpus; the corpus manifest inside the artifact keeps the content hash.
 
-    root = Path(cfg.corpus.path).expanduser() if cfg.corpus.path else stdlib_root()
+    The standard library is identified by interpreter version and path (it does not change under a
+    given interpreter); a user's file by size and mtime; a user's folder by its listing.
+    """
+    return _fingerprint(cfg.corpus.path, cfg.corpus.glob)
+
+
+@functools.lru_cache(maxsize=8)
+def _fingerprint(path: str | None, pattern: str) -> dict:
+    from .corpus import CorpusError, stdlib_root
+
+    if path is None:
+        return {"stdlib": str(stdlib_root()), "python": sys.version.split()[0], "glob": pattern}
+    root = Path(path).expanduser()
     if not root.exists():
-        from .corpus import CorpusError
-
         raise CorpusError(f"--corpus {root}: no such file or folder")
     if root.is_file():
         st = root.stat()
@@ -69,13 +78,12 @@ def _corpus_fingerprint(cfg: Config) -> dict:
 
     h = hashlib.sha256()
     n = 0
-    for p in sorted(root.glob(cfg.corpus.glob)):
+    for p in sorted(root.glob(pattern)):
         if p.is_file():
             st = p.stat()
             h.update(f"{p.relative_to(root)}:{st.st_size}:{int(st.st_mtime)}\n".encode())
             n += 1
-    return {"path": str(root.resolve()), "files": n, "listing": h.hexdigest()[:16],
-            "python": sys.version.split()[0] if cfg.corpus.path is None else None}
+    return {"path": str(root.resolve()), "files": n, "listing": h.hexdigest()[:16]}
 
 
 @dataclass
@@ -122,7 +130,7 @@ def get_tokens(cfg: Config, progress: bool = True) -> TokenData:
             n_chars = sum(len(d.text) for d in ds)
             info["splits"][s] = {"n_docs": len(ds), "n_tokens": int(len(arr)), "n_chars": n_chars,
                                  "chars_per_token": n_chars / max(1, len(arr))}
-        info["baselines"] = ngram_baselines(np.load(work / "val.npy"), info["vocab_size"])
+        info["baselines"] = ngram_baselines(np.load(work / "train.npy"), np.load(work / "val.npy"), info["vocab_size"])
         info["build_s"] = time.perf_counter() - t0
         atomic_write_json(work / "corpus_manifest.json", corpus_manifest(splits, cfg.corpus))
         atomic_write_json(work / "info.json", info)
@@ -132,23 +140,34 @@ def get_tokens(cfg: Config, progress: bool = True) -> TokenData:
     return TokenData(art.path, art.key)
 
 
-def ngram_baselines(tokens: np.ndarray, vocab_size: int) -> dict:
-    """Empirical unigram entropy and bigram conditional entropy of a split (nats/token).
+def ngram_baselines(train: np.ndarray, val: np.ndarray, vocab_size: int) -> dict:
+    """Baselines for the LM's validation loss, in nats/token.
 
-    Both are fitted on the split they are measured on, so they are the best any unigram or bigram
-    model could score there: a strict bar for the language model's validation loss.
+    - ``unigram_entropy``: entropy of the validation split's own token distribution (the best any
+      context-free model could do there).
+    - ``bigram_loss``: cross-entropy on the validation split of a bigram model counted on the training
+      split, smoothed towards the unigram by ``alpha`` pseudo-counts; the best of a few ``alpha`` is
+      kept, which flatters the baseline slightly.
     """
-    t = np.asarray(tokens, dtype=np.int64)
-    p = np.bincount(t, minlength=vocab_size).astype(np.float64)
+    v = np.asarray(val, dtype=np.int64)
+    t = np.asarray(train, dtype=np.int64)
+    p = np.bincount(v, minlength=vocab_size).astype(np.float64)
     p = p[p > 0] / p.sum()
     unigram = float(-(p * np.log(p)).sum())
+    uni = (np.bincount(t, minlength=vocab_size) + 1.0) / (len(t) + vocab_size)
     pair = t[:-1] * vocab_size + t[1:]
+    keys, counts = np.unique(pair, return_counts=True)
     prev = np.bincount(t[:-1], minlength=vocab_size).astype(np.float64)
-    uniq, counts = np.unique(pair, return_counts=True)
-    n = counts.sum()
-    cond = counts / prev[uniq // vocab_size]
-    bigram = float(-(counts / n * np.log(cond)).sum())
-    return {"unigram_entropy": unigram, "bigram_entropy": bigram}
+    vp = v[:-1] * vocab_size + v[1:]
+    pos = np.searchsorted(keys, vp)
+    pos[pos == len(keys)] = 0
+    c_ab = np.where(keys[pos] == vp, counts[pos], 0).astype(np.float64)
+    best = None
+    for alpha in (0.1, 1.0, 10.0, 100.0):
+        prob = (c_ab + alpha * uni[v[1:]]) / (prev[v[:-1]] + alpha)
+        loss = float(-np.log(prob).mean())
+        best = loss if best is None else min(best, loss)
+    return {"unigram_entropy": unigram, "bigram_loss": best}
 
 
 # --- language models -----------------------------------------------------------------------------
@@ -196,7 +215,7 @@ def get_lm(cfg: Config, seed: int, progress: bool = True) -> LMRun:
             (work / f).unlink(missing_ok=True)  # the finished model replaces the resume checkpoint
         art.seal()
         _say(f"LM seed {seed}: val loss {val:.3f} nats/token (unigram {info['baselines']['unigram_entropy']:.2f}, "
-             f"bigram {info['baselines']['bigram_entropy']:.2f}); {summary['tokens_per_s']:,.0f} tok/s")
+             f"bigram {info['baselines']['bigram_loss']:.2f}); {summary['tokens_per_s']:,.0f} tok/s")
     return LMRun(art.path, art.key, seed)
 
 
@@ -225,3 +244,133 @@ def get_acts(cfg: Config, seed: int, split: str | None = None, progress: bool = 
                 device=cfg.device, progress=progress)
         art.seal()
     return ActivationStore(art.path)
+
+
+# --- dictionaries ----------------------------------------------------------------------------------
+
+@dataclass
+class Family:
+    """A trained family of dictionaries (one per size) on the activations of LM ``seed``."""
+
+    folder: Path
+    key: str
+    seed: int
+    sizes: tuple[int, ...]
+
+    def sae_dir(self, n: int, snapshot_step: int | None = None) -> Path:
+        if n not in self.sizes:
+            raise PipelineError(f"no dictionary of size {n} in this family (sizes {list(self.sizes)})")
+        if snapshot_step is None:
+            return self.folder / "final" / f"sae_{n}"
+        return self.folder / "snapshots" / f"step_{snapshot_step}" / f"sae_{n}"
+
+    def sae(self, n: int, snapshot_step: int | None = None, device: str = "cpu"):
+        from .sae import SparseAutoencoder
+
+        return SparseAutoencoder.load(self.sae_dir(n, snapshot_step), device=device)
+
+    def sae_id(self, n: int) -> str:
+        return f"lm{self.seed}-n{n}-{self.key[:6]}"
+
+    @property
+    def train_summary(self) -> dict:
+        return json.loads((self.folder / "train_summary.json").read_text())
+
+
+def trainer_config(cfg: Config):
+    from .trainer import TrainerConfig
+
+    dc = cfg.dict
+    n_steps = max(1, dc.n_tokens // dc.batch_size)
+    snaps = tuple(sorted({max(1, t // dc.batch_size) for t in dc.snapshot_tokens if t // dc.batch_size < n_steps}))
+    return TrainerConfig(recipe=dc.recipe, lr=dc.lr, l1_coeff=dc.l1_coeff,
+                         k=dc.k if dc.recipe == "topk" else None, n_steps=n_steps, batch_size=dc.batch_size,
+                         matmul_dtype=dc.matmul_dtype, seed=dc.seed, snapshot_steps=snaps,
+                         checkpoint_every=dc.checkpoint_every)
+
+
+def get_family(cfg: Config, seed: int, progress: bool = True) -> Family:
+    from .activations import StoreSource
+    from .sae import SAEConfig, SparseAutoencoder
+    from .trainer import train_family
+
+    store = get_acts(cfg, seed, progress=progress)
+    tcfg = trainer_config(cfg)
+    art = _cache(cfg).artifact("dicts", {"dict": cfg.dict.to_dict(), "d_in": store.d},
+                               {"acts": store.folder.name}, VERSIONS["dicts"])
+    if not _ready(art):
+        work = art.begin(resume=True)
+        resumed = (work / "checkpoint.json").exists()
+        _say(f"training dictionaries {list(cfg.dict.sizes)} ({cfg.dict.recipe}) on LM seed {seed}: "
+             f"{tcfg.n_steps * tcfg.batch_size:,} tokens{' (resuming)' if resumed else ''} ...")
+        arch = "topk" if cfg.dict.recipe == "topk" else "relu"
+        saes = [SparseAutoencoder(SAEConfig(d_in=store.d, n_features=n, architecture=arch,
+                                            k=cfg.dict.k if arch == "topk" else None, seed=cfg.dict.seed))
+                for n in cfg.dict.sizes]
+        source = StoreSource(store, tcfg.batch_size, seed=cfg.dict.seed)
+        res = train_family(saes, source, tcfg, out_dir=work, device=cfg.device, progress=progress)
+        atomic_write_json(work / "train_summary.json", {"trainer": tcfg.to_dict(), **res})
+        import shutil
+
+        for f in work.glob("checkpoint*"):  # resume state is not needed once the family is done
+            shutil.rmtree(f) if f.is_dir() else f.unlink()
+        art.seal()
+    return Family(art.path, art.key, seed, tuple(cfg.dict.sizes))
+
+
+# --- feature activations and dictionary metrics ------------------------------------------------
+
+@dataclass
+class FeatureSet:
+    """Feature activations of one dictionary over the analysis tokens, with its metrics."""
+
+    folder: Path
+    key: str
+
+    def acts(self):
+        import scipy.sparse as sp
+
+        return sp.load_npz(self.folder / "features.npz")
+
+    @property
+    def stats(self) -> dict:
+        return json.loads((self.folder / "stats.json").read_text())
+
+    @property
+    def counts(self) -> np.ndarray:
+        return np.load(self.folder / "counts.npy")
+
+
+def get_features(cfg: Config, seed: int, n: int, snapshot_step: int | None = None, progress: bool = True) -> FeatureSet:
+    """Feature activations of dictionary ``n`` of LM ``seed`` over the analysis split, plus its metrics."""
+    import scipy.sparse as sp
+    import torch
+
+    from .features import feature_acts, firing_counts
+    from .metrics import density_stats, evaluate_sae
+
+    fam = get_family(cfg, seed, progress)
+    store = get_acts(cfg, seed, "analysis", progress)
+    train_store = get_acts(cfg, seed, progress=progress)
+    art = _cache(cfg).artifact("features", {"n": n, "snapshot_step": snapshot_step, "eval_tokens": cfg.lm.eval_tokens,
+                                            "ultralow_density": cfg.analysis.ultralow_density},
+                               {"dicts": fam.key, "analysis_acts": store.folder.name}, VERSIONS["features"])
+    if not _ready(art):
+        work = art.begin(resume=False)
+        sae = fam.sae(n, snapshot_step, device=cfg.device)
+        _say(f"feature activations of {fam.sae_id(n)}{'' if snapshot_step is None else f' @step {snapshot_step}'} "
+             f"over {len(store):,} analysis tokens ...")
+        F = feature_acts(sae, store, device=cfg.device, progress=progress)
+        sp.save_npz(work / "features.npz", F, compressed=False)
+        counts = firing_counts(F)
+        np.save(work / "counts.npy", counts)
+        lm = get_lm(cfg, seed, progress)
+        data = get_tokens(cfg, progress)
+        ev = evaluate_sae(lm.model(cfg.device), sae, data.tokens("val"), cfg.lm.eval_tokens,
+                          torch.from_numpy(train_store.mean_acts), device=cfg.device)
+        stats = {"sae_id": fam.sae_id(n), "n_features": n, "snapshot_step": snapshot_step, **ev,
+                 **density_stats(counts, len(store), cfg.analysis.ultralow_density),
+                 "l0_analysis": float(F.nnz / len(store))}
+        atomic_write_json(work / "stats.json", stats)
+        art.seal()
+    return FeatureSet(art.path, art.key)

@@ -1,0 +1,70 @@
+"""Argument parsing shared by the studies: presets, corpus, device, cache, and one-line errors."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from contextlib import contextmanager
+
+
+def base_parser(description: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--preset", default="default", choices=["smoke", "default", "paper"],
+                   help="named scale: smoke (seconds, for tests), default (a first run on a 2-core CPU), "
+                        "paper (the paper's sizes; needs a GPU)")
+    p.add_argument("--corpus", default=None,
+                   help="text file, folder, .jsonl or .parquet to use instead of the embedded standard-library corpus")
+    p.add_argument("--corpus-glob", default=None, help="file pattern inside a --corpus folder (default **/*.py for "
+                                                       "the stdlib; use e.g. '**/*.txt')")
+    p.add_argument("--text-column", default=None, help="column holding the text in a .jsonl/.parquet corpus")
+    p.add_argument("--device", default=None, help="torch device, e.g. cpu or cuda (default: the preset's)")
+    p.add_argument("--cache", default=None, help="cache folder for every pipeline stage (default .cache)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    return p
+
+
+def config_from_args(args):
+    from splitkit.config import get_preset
+
+    cfg = get_preset(args.preset)
+    over = {}
+    corpus = {}
+    if args.corpus is not None:
+        corpus["path"] = args.corpus
+        corpus["glob"] = args.corpus_glob or "**/*"
+    elif args.corpus_glob:
+        corpus["glob"] = args.corpus_glob
+    if args.text_column:
+        corpus["text_column"] = args.text_column
+    if corpus:
+        over["corpus"] = corpus
+    if args.device:
+        over["device"] = args.device
+    if args.cache:
+        over["cache_dir"] = args.cache
+    cfg = cfg.with_overrides(**over)
+    if cfg.device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise SystemExit("error: --device cuda asked for, but this torch build sees no CUDA device; use --device cpu")
+    return cfg
+
+
+@contextmanager
+def friendly_errors():
+    """Known user errors end in one line naming the fix, not a traceback."""
+    from splitkit.cache import CacheError
+    from splitkit.config import ConfigError
+    from splitkit.corpus import CorpusError
+    from splitkit.pipeline import PipelineError
+
+    try:
+        yield
+    except (ConfigError, CorpusError, PipelineError, CacheError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+    except KeyboardInterrupt:
+        print("\ninterrupted: finished stages are cached and training resumes from its last checkpoint; "
+              "run the same command again", file=sys.stderr)
+        raise SystemExit(130) from None

@@ -1,0 +1,48 @@
+"""End to end at the smoke preset: the README's main job, small."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from studies import universality as study
+
+
+@pytest.mark.heavy
+def test_universality_study_end_to_end(smoke_cfg, tmp_path, capsys):
+    out = tmp_path / "uni"
+    rc = study.main(["--preset", "smoke", "--cache", smoke_cfg.cache_dir, "--out", str(out), "--quiet"])
+    assert rc == 0
+    s = json.loads((out / "summary.json").read_text())
+    u = s["universality"]
+    for key in ("median_max_act_corr", "mean_max_act_corr", "median_logit_corr_of_match",
+                "frac_max_act_corr_gt_0.5", "frac_max_act_corr_gt_0.7"):
+        assert key in u["features"] and key in u["neurons"]
+    # neurons of two seeds are far from identical but far above chance; chance is near 0
+    assert 0.1 < u["neurons"]["median_max_act_corr"] < 0.95
+    assert abs(u["chance"]["neurons_shuffled_median_max_act_corr"]) < 0.1
+    assert s["provenance"]["git_revision"]
+    df = pd.read_parquet(out / "matches.parquet")
+    assert len(df) == s["config"]["dict"]["sizes"][0]
+    assert {"best_b", "corr", "logit_corr_of_match", "mutual", "top_tokens_a"} <= set(df.columns)
+    live = df["corr"].notna()
+    assert (df.loc[live, "corr"] <= 1 + 1e-9).all()
+    for f in ("report.md", "max_corr_hist.png", "max_corr_hist.svg", "corr_vs_density.png", "act_vs_logit_corr.png"):
+        assert (out / f).is_file(), f
+    # both runs' LM and SAE metrics are in the summary
+    for run in ("A", "B"):
+        assert s["runs"][run]["lm"]["val_loss"] < s["runs"][run]["lm"]["unigram_entropy"]
+        assert np.isfinite(s["runs"][run]["sae"]["fvu"])
+
+
+def test_bad_arguments_are_one_line_errors(smoke_cfg, tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        study.main(["--preset", "smoke", "--seed-a", "3", "--seed-b", "3", "--cache", smoke_cfg.cache_dir])
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "must differ" in err[0]
+    with pytest.raises(SystemExit) as e:
+        study.main(["--preset", "smoke", "--corpus", str(tmp_path / "missing"), "--cache", smoke_cfg.cache_dir])
+    assert e.value.code == 2
+    assert "no such file" in capsys.readouterr().err
