@@ -24,14 +24,16 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import nn
+
+from .cache import atomic_save_safetensors as atomic_save_tensors
+from .cache import atomic_write_json
 
 __all__ = ["SAEConfig", "SparseAutoencoder", "FORMAT_VERSION"]
 
@@ -91,29 +93,6 @@ class SAEConfig:
         if unknown:
             raise ValueError(f"SAEConfig.from_dict: unknown keys {unknown}; allowed {sorted(known)}")
         return cls(**data)
-
-
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-
-
-def atomic_write_json(path: str | Path, obj: Any) -> None:
-    """Write ``obj`` as JSON to ``path`` via a temporary file and ``os.replace``."""
-    _atomic_write_bytes(Path(path), (json.dumps(obj, indent=1, sort_keys=True) + "\n").encode())
-
-
-def atomic_save_tensors(path: str | Path, tensors: dict[str, torch.Tensor],
-                        metadata: dict[str, str] | None = None) -> None:
-    """Write tensors (moved to CPU, made contiguous) as safetensors via a temp file + ``os.replace``."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    save_file({k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata)
-    os.replace(tmp, path)
 
 
 def _read_json(path: Path) -> dict[str, Any]:
