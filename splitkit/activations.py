@@ -156,6 +156,18 @@ class ActivationStore:
         """Contiguous rows ``[stop - start, d]`` (float32)."""
         return self.rows(np.arange(start, min(stop, self.n_tokens)))
 
+    def head(self, n: int | None = None) -> np.ndarray:
+        """The first ``n`` rows (all by default) ``[n, d]`` in the store's own dtype (float16: half
+        the memory of :meth:`slice`), one copy of the shards' contents."""
+        n = self.n_tokens if n is None else min(int(n), self.n_tokens)
+        parts, left = [], n
+        for sh in self.shards:
+            if left <= 0:
+                break
+            parts.append(sh[:left])
+            left -= len(parts[-1])
+        return np.concatenate(parts) if parts else np.zeros((0, self.d), dtype=self.shards[0].dtype)
+
     def iter_chunks(self, chunk: int = 65536):
         for s in range(0, self.n_tokens, chunk):
             yield s, self.slice(s, s + chunk)

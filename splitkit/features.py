@@ -16,21 +16,34 @@ from .sae import SparseAutoencoder
 
 @torch.no_grad()
 def feature_acts(sae: SparseAutoencoder, store: ActivationStore, chunk: int = 8192, device: str = "cpu",
-                 progress: bool = False) -> sp.csr_matrix:
-    """Feature activations ``f: [n_tokens, n_features]`` (CSR, float32) of every token in ``store``."""
+                 progress: bool = False, matmul_dtype: torch.dtype = torch.float32) -> sp.csr_matrix:
+    """Feature activations ``f: [n_tokens, n_features]`` (CSR, float32) of every token in ``store``.
+
+    ``matmul_dtype=torch.bfloat16`` runs the encoder GEMM on bf16 inputs (fp32 accumulation and
+    bias), the precision the trainer's GEMMs use: about 2x faster on CPUs with AVX512-BF16/AMX. The
+    inputs are float16 in the store already; bf16 rounds them further (relative 2^-9), which moves
+    activations by ~0.3% and flips only pairs within that margin of the threshold.
+    """
     from tqdm.auto import tqdm
 
     if store.d != sae.d_in:
         raise ValueError(f"dictionary width d_in={sae.d_in} does not match the activations' d={store.d}; "
                          "load a dictionary trained on this model's MLP")
     sae = sae.to(device).eval()
+    low = matmul_dtype != torch.float32
+    W_enc_mm, b_dec_mm = (sae.W_enc.to(matmul_dtype), sae.b_dec.to(matmul_dtype)) if low else (None, None)
     indptr = [np.zeros(1, dtype=np.int64)]
     indices, data = [], []
     nnz = 0
     bar = tqdm(total=len(store), desc=f"encode {sae.n_features}", unit="tok", unit_scale=True,
                disable=not progress, leave=False)
     for s, x in store.iter_chunks(chunk):
-        f = sae.encode(torch.from_numpy(x).to(device)).float()
+        x_t = torch.from_numpy(x).to(device)
+        if low:
+            pre = ((x_t.to(matmul_dtype) - b_dec_mm) @ W_enc_mm).float().add_(sae.b_enc)  # [chunk, n]
+            f = sae.activation(pre)
+        else:
+            f = sae.encode(x_t).float()
         rows, cols = f.nonzero(as_tuple=True)
         vals = f[rows, cols]
         counts = torch.bincount(rows, minlength=f.shape[0]).cpu().numpy()

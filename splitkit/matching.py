@@ -212,10 +212,12 @@ def _prepare(acts, name: str) -> _Side:
     else:
         if hasattr(acts, "detach"):  # torch tensor
             acts = acts.detach().cpu().numpy()
-        mat = np.asarray(acts)
+        mat = acts if isinstance(acts, np.ndarray) else np.asarray(acts)
         if mat.ndim != 2:
             raise ValueError(f"{name} must be 2-D [n_tokens, n], got ndim={mat.ndim}")
-        if mat.dtype not in (np.float32, np.float64):
+        # float16 (e.g. an activation store's memory map) stays as it is: every engine reads it in
+        # token blocks converted to float64, so a large store is never copied whole
+        if mat.dtype not in (np.float16, np.float32, np.float64):
             mat = mat.astype(np.float64)
         n_tokens, n_cols = mat.shape
         if n_tokens < 2 or n_cols < 1:

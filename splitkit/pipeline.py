@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .cache import Artifact, Cache, CacheError, atomic_write_json, check_manifest
+from .cache import Artifact, Cache, CacheError, atomic_write_json
 from .config import Config
 
 log = logging.getLogger("splitkit")
@@ -289,31 +289,50 @@ def trainer_config(cfg: Config):
                          checkpoint_every=dc.checkpoint_every)
 
 
+def family_artifact(cfg: Config, store) -> Artifact:
+    """The cache entry of the family trained on activation ``store`` (also used by ``distributed``)."""
+    return _cache(cfg).artifact("dicts", {"dict": cfg.dict.to_dict(), "d_in": store.d},
+                                {"acts": store.folder.name}, VERSIONS["dicts"])
+
+
+def new_family(cfg: Config, d_in: int) -> list:
+    """Freshly initialised dictionaries of the family, one per size, in ``cfg.dict.sizes`` order."""
+    from .sae import SAEConfig, SparseAutoencoder
+
+    arch = "topk" if cfg.dict.recipe == "topk" else "relu"
+    return [SparseAutoencoder(SAEConfig(d_in=d_in, n_features=n, architecture=arch,
+                                        k=cfg.dict.k if arch == "topk" else None, seed=cfg.dict.seed))
+            for n in cfg.dict.sizes]
+
+
+def finish_family(work: Path, tcfg, res: dict) -> None:
+    """Write the family's train summary and drop its resume state (checkpoints, per-process parts)."""
+    import shutil
+
+    atomic_write_json(work / "train_summary.json", {"trainer": tcfg.to_dict(), **res})
+    for f in [*work.glob("checkpoint*"), work / "parts"]:
+        if f.is_dir():
+            shutil.rmtree(f)
+        elif f.exists():
+            f.unlink()
+
+
 def get_family(cfg: Config, seed: int, progress: bool = True) -> Family:
     from .activations import StoreSource
-    from .sae import SAEConfig, SparseAutoencoder
     from .trainer import train_family
 
     store = get_acts(cfg, seed, progress=progress)
     tcfg = trainer_config(cfg)
-    art = _cache(cfg).artifact("dicts", {"dict": cfg.dict.to_dict(), "d_in": store.d},
-                               {"acts": store.folder.name}, VERSIONS["dicts"])
+    art = family_artifact(cfg, store)
     if not _ready(art):
         work = art.begin(resume=True)
         resumed = (work / "checkpoint.json").exists()
         _say(f"training dictionaries {list(cfg.dict.sizes)} ({cfg.dict.recipe}) on LM seed {seed}: "
              f"{tcfg.n_steps * tcfg.batch_size:,} tokens{' (resuming)' if resumed else ''} ...")
-        arch = "topk" if cfg.dict.recipe == "topk" else "relu"
-        saes = [SparseAutoencoder(SAEConfig(d_in=store.d, n_features=n, architecture=arch,
-                                            k=cfg.dict.k if arch == "topk" else None, seed=cfg.dict.seed))
-                for n in cfg.dict.sizes]
         source = StoreSource(store, tcfg.batch_size, seed=cfg.dict.seed)
-        res = train_family(saes, source, tcfg, out_dir=work, device=cfg.device, progress=progress)
-        atomic_write_json(work / "train_summary.json", {"trainer": tcfg.to_dict(), **res})
-        import shutil
-
-        for f in work.glob("checkpoint*"):  # resume state is not needed once the family is done
-            shutil.rmtree(f) if f.is_dir() else f.unlink()
+        res = train_family(new_family(cfg, store.d), source, tcfg, out_dir=work, device=cfg.device,
+                           progress=progress)
+        finish_family(work, tcfg, res)
         art.seal()
     return Family(art.path, art.key, seed, tuple(cfg.dict.sizes))
 
@@ -349,18 +368,23 @@ def get_features(cfg: Config, seed: int, n: int, snapshot_step: int | None = Non
     from .features import feature_acts, firing_counts
     from .metrics import density_stats, evaluate_sae
 
+    from .trainer import resolve_matmul_dtype
+
     fam = get_family(cfg, seed, progress)
     store = get_acts(cfg, seed, "analysis", progress)
     train_store = get_acts(cfg, seed, progress=progress)
+    # the encoder GEMM in the precision the dictionaries were trained with (bf16 where it is fast)
+    mm_dtype = resolve_matmul_dtype(cfg.dict.matmul_dtype, torch.device(cfg.device))
     art = _cache(cfg).artifact("features", {"n": n, "snapshot_step": snapshot_step, "eval_tokens": cfg.lm.eval_tokens,
-                                            "ultralow_density": cfg.analysis.ultralow_density},
+                                            "ultralow_density": cfg.analysis.ultralow_density,
+                                            "matmul_dtype": str(mm_dtype).replace("torch.", "")},
                                {"dicts": fam.key, "analysis_acts": store.folder.name}, VERSIONS["features"])
     if not _ready(art):
         work = art.begin(resume=False)
         sae = fam.sae(n, snapshot_step, device=cfg.device)
         _say(f"feature activations of {fam.sae_id(n)}{'' if snapshot_step is None else f' @step {snapshot_step}'} "
              f"over {len(store):,} analysis tokens ...")
-        F = feature_acts(sae, store, device=cfg.device, progress=progress)
+        F = feature_acts(sae, store, device=cfg.device, progress=progress, matmul_dtype=mm_dtype)
         sp.save_npz(work / "features.npz", F, compressed=False)
         counts = firing_counts(F)
         np.save(work / "counts.npy", counts)

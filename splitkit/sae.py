@@ -144,7 +144,10 @@ class SparseAutoencoder(nn.Module):
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """Feature activations ``f [..., n]`` of inputs ``x [..., d_in]``."""
-        pre = self.pre_activations(x)
+        return self.activation(self.pre_activations(x))
+
+    def activation(self, pre: torch.Tensor) -> torch.Tensor:
+        """``f [..., n]`` from pre-activations ``pre [..., n]``: ReLU, or the top k of them ReLU'd."""
         if self.cfg.architecture == "topk":
             vals, idx = pre.topk(self.cfg.k, dim=-1, sorted=False)
             return torch.zeros_like(pre).scatter(-1, idx, vals.relu())

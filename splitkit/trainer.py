@@ -294,7 +294,7 @@ class TrainerConfig:
         return cls(**data)
 
 
-def _resolve_matmul_dtype(name: str, device: torch.device) -> torch.dtype:
+def resolve_matmul_dtype(name: str, device: torch.device) -> torch.dtype:
     if name == "float32":
         return torch.float32
     if name == "bfloat16":
@@ -848,14 +848,15 @@ def _write_member(m: _Member, folder: Path, step: int, with_training_state: bool
         atomic_write_json(folder / "state.json", m.state_json(step))  # last: marks the folder complete
 
 
-def _save_checkpoint(out_dir: Path, step: int, members: list[_Member], cfg: TrainerConfig) -> None:
+def _save_checkpoint(out_dir: Path, step: int, members: list[_Member], cfg: TrainerConfig,
+                     elapsed_s: float = 0.0) -> None:
     folder = out_dir / f"checkpoint_step{step:09d}"
     if folder.exists():
         shutil.rmtree(folder)
     for m in members:
         _write_member(m, folder / m.name, step, with_training_state=True)
     atomic_write_json(folder / "family.json", {"step": step, "names": [m.name for m in members],
-                                               "trainer_config": cfg.to_dict()})
+                                               "trainer_config": cfg.to_dict(), "elapsed_s": elapsed_s})
     # The pointer is written last and atomically: a crash at any point leaves the previous
     # checkpoint in force.
     atomic_write_json(out_dir / CHECKPOINT_POINTER, {"step": step, "folder": folder.name,
@@ -865,7 +866,8 @@ def _save_checkpoint(out_dir: Path, step: int, members: list[_Member], cfg: Trai
             shutil.rmtree(old, ignore_errors=True)
 
 
-def _load_checkpoint(out_dir: Path, members: list[_Member], cfg: TrainerConfig) -> int:
+def _load_checkpoint(out_dir: Path, members: list[_Member], cfg: TrainerConfig) -> tuple[int, float]:
+    """Restore every member from ``out_dir``'s checkpoint; returns (step, training seconds so far)."""
     pointer = json.loads((out_dir / CHECKPOINT_POINTER).read_text())
     folder = out_dir / pointer["folder"]
     family = json.loads((folder / "family.json").read_text())
@@ -899,7 +901,7 @@ def _load_checkpoint(out_dir: Path, members: list[_Member], cfg: TrainerConfig) 
         m.last_window_tokens = int(state["last_window_tokens"])
         m.log = state["log"]
         m.resamples = state["resamples"]
-    return step
+    return step, float(family.get("elapsed_s", 0.0))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -920,15 +922,35 @@ def _init_fresh(members: list[_Member], source: ActivationSource, cfg: TrainerCo
             m.sae.W_enc.copy_(m.sae.W_dec.t())
 
 
+@runtime_checkable
+class StepReducer(Protocol):
+    """Data parallelism over processes (``splitkit.distributed``): each process runs ``sae_step`` on
+    its share of the batch, then the gradients and statistics are combined before the optimiser
+    step, so every process takes the same step. None (the default) means one process, whole batch."""
+
+    def shard(self, x: torch.Tensor) -> torch.Tensor:
+        """This process's rows of the batch ``x [B, d]`` -> ``[B / world, d]``."""
+        ...
+
+    def reduce(self, sae: SparseAutoencoder, st: StepStats) -> StepStats:
+        """Average ``p.grad`` of the four parameters over processes in place; return the statistics
+        of the whole batch (loss terms averaged, ``fire_counts [n]`` summed)."""
+        ...
+
+
 @torch.no_grad()
-def _train_member_step(m: _Member, x: torch.Tensor, step: int, cfg: TrainerConfig, mm_dtype: torch.dtype) -> None:
+def _train_member_step(m: _Member, x: torch.Tensor, step: int, cfg: TrainerConfig, mm_dtype: torch.dtype,
+                       reducer: StepReducer | None = None) -> None:
+    """One step of one dictionary on batch ``x [B, d]`` (the whole batch, also under a reducer)."""
     sae = m.sae
     dead_mask = None
     if cfg.recipe == "topk":
         dead_mask = m.steps_since_fired >= cfg.resolved_dead_window
-    st = sae_step(sae, x, recipe=cfg.recipe, l1_coeff=cfg.l1_at(step), mm_dtype=mm_dtype,
-                  sparse_density_max=cfg.sparse_density_max, chunk_elems=cfg.chunk_elems, dead_mask=dead_mask,
-                  aux_k=cfg.aux_k, aux_coeff=cfg.aux_coeff, buffers=m.buffers)
+    st = sae_step(sae, x if reducer is None else reducer.shard(x), recipe=cfg.recipe, l1_coeff=cfg.l1_at(step),
+                  mm_dtype=mm_dtype, sparse_density_max=cfg.sparse_density_max, chunk_elems=cfg.chunk_elems,
+                  dead_mask=dead_mask, aux_k=cfg.aux_k, aux_coeff=cfg.aux_coeff, buffers=m.buffers)
+    if reducer is not None:
+        st = reducer.reduce(sae, st)  # whole-batch gradients and counts, identical on every process
     if cfg.recipe in ("paper", "topk"):
         # Unit-norm decoder rows: drop the gradient component along each row (fp32: it is the small
         # difference of two nearly equal quantities), step, then re-normalise.
@@ -965,10 +987,12 @@ def _train_member_step(m: _Member, x: torch.Tensor, step: int, cfg: TrainerConfi
 class FamilyTrainer:
     """The loop of ``train_family``, one step at a time (``train_step``), for callers that time or
     interleave steps. Construction validates, moves the dictionaries to ``device``, and resumes from
-    ``out_dir``'s checkpoint when there is one (else initialises b_dec etc. for the recipe)."""
+    ``out_dir``'s checkpoint when there is one (else initialises b_dec etc. for the recipe).
+    ``reducer``: data parallelism over processes (:class:`StepReducer`); None trains here alone."""
 
     def __init__(self, saes: list[SparseAutoencoder], source: ActivationSource, cfg: TrainerConfig,
-                 out_dir: str | Path | None = None, device: str | torch.device = "cpu") -> None:
+                 out_dir: str | Path | None = None, device: str | torch.device = "cpu",
+                 reducer: StepReducer | None = None) -> None:
         if not saes:
             raise ValueError("train_family: saes is empty; pass at least one SparseAutoencoder")
         if not isinstance(source, ActivationSource):
@@ -989,22 +1013,25 @@ class FamilyTrainer:
         self.cfg = cfg
         self.source = source
         self.device = torch.device(device)
-        self.mm_dtype = _resolve_matmul_dtype(cfg.matmul_dtype, self.device)
+        self.mm_dtype = resolve_matmul_dtype(cfg.matmul_dtype, self.device)
         names = _member_names(saes)
         for s in saes:
             s.to(self.device)
         self.members = [_Member(s, name, cfg, self.device) for s, name in zip(saes, names)]
         self.out = Path(out_dir) if out_dir is not None else None
         self.step = 0  # steps done so far = index of the next batch
+        self.elapsed_before = 0.0  # training seconds of earlier sessions (resumed runs)
         if self.out is not None:
             self.out.mkdir(parents=True, exist_ok=True)
             if (self.out / CHECKPOINT_POINTER).is_file():
-                self.step = _load_checkpoint(self.out, self.members, cfg)
+                self.step, self.elapsed_before = _load_checkpoint(self.out, self.members, cfg)
+        self._t_start = time.perf_counter()
         if self.step == 0:
             _init_fresh(self.members, source, cfg, self.device)
         self._resample_at = set(cfg.resolved_resample_steps)
         self._snapshots = set(cfg.snapshot_steps)
         self.tokens_run = 0  # tokens trained in this session (not counting a resumed prefix)
+        self.reducer = reducer  # data parallelism (splitkit.distributed); None: this process alone
 
     @torch.no_grad()
     def train_step(self, write: Any = None) -> None:
@@ -1022,21 +1049,30 @@ class FamilyTrainer:
                           f"-> {rec['dead_after']}")
         x = self.source.get_batch(step).to(device=self.device, dtype=torch.float32)  # [B, d], fetched once
         for m in self.members:
-            _train_member_step(m, x, step, cfg, self.mm_dtype)
+            _train_member_step(m, x, step, cfg, self.mm_dtype, self.reducer)
         self.tokens_run += x.shape[0]
         self.step = done = step + 1
         if self.out is not None:
             if done in self._snapshots:
+                snap = self.out / "snapshots" / f"step_{done}"
                 for m in self.members:
-                    _write_member(m, self.out / "snapshots" / f"step_{done}" / m.name, done, with_training_state=False)
+                    _write_member(m, snap / m.name, done, with_training_state=False)
+                atomic_write_json(snap / "snapshot.json", {"step": done, "tokens": self.members[0].tokens_seen,
+                                                           "elapsed_s": self.elapsed_total})
             if (cfg.checkpoint_every and done % cfg.checkpoint_every == 0) or done == cfg.n_steps:
-                _save_checkpoint(self.out, done, self.members, cfg)
+                _save_checkpoint(self.out, done, self.members, cfg, self.elapsed_total)
+
+    @property
+    def elapsed_total(self) -> float:
+        """Training wall seconds from the first step, summed over resumed sessions."""
+        return self.elapsed_before + time.perf_counter() - self._t_start
 
     def summary(self, elapsed_s: float = 0.0) -> dict[str, Any]:
         return {
             "step": self.step,
             "tokens": self.members[0].tokens_seen,
             "elapsed_s": elapsed_s,
+            "elapsed_total_s": self.elapsed_total,
             "tokens_per_s": self.tokens_run / elapsed_s if elapsed_s > 0 else 0.0,
             "matmul_dtype": str(self.mm_dtype).replace("torch.", ""),
             "saes": {m.name: m.summary() for m in self.members},

@@ -30,7 +30,7 @@ class Side:
     """Everything the analysis needs from one run (A or B)."""
 
     feature_acts: object  # scipy.sparse.csr_matrix [n_tokens, n_features]
-    neuron_acts: np.ndarray  # [n_tokens, d_mlp] float32
+    neuron_acts: np.ndarray  # [n_tokens, d_mlp] float16 or float32
     W_dec: np.ndarray  # [n_features, d_mlp]
     direct_path: dict  # W_out [d_mlp, d_model], ln_scale [d_model], W_U [d_model, vocab]
     sae_stats: dict
@@ -172,7 +172,8 @@ def load_side(cfg: Config, seed: int, n: int, snapshot_step: int | None = None, 
     model = lm.model()
     path = {k: v.numpy() for k, v in model.direct_path().items()}
     sae = fam.sae(n, snapshot_step)
-    return Side(feature_acts=fs.acts(), neuron_acts=np.asarray(store.slice(0, len(store)), dtype=np.float32),
+    # neurons stay float16 ([n_tokens, 512]: 4 GB as float32 at 2M tokens); the matcher converts blocks
+    return Side(feature_acts=fs.acts(), neuron_acts=store.head(),
                 W_dec=sae.W_dec.detach().numpy(), direct_path=path, sae_stats=fs.stats, lm_summary=lm.summary,
                 sae_id=fam.sae_id(n))
 

@@ -1,0 +1,238 @@
+"""Files of the universality-scaling study: the grid table, summary.json, figures and report.md."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ..cache import atomic_write_bytes, atomic_write_json
+from ..metrics import METRIC_DEFINITIONS
+from ..universality import PAPER_FIGURES
+from .common import provenance, save_figure, write_table
+
+# per-point lists (density curves) stay in the JSON files, not in the flat table
+_NESTED = ("density_curve_features", "density_curve_neurons")
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _lines(df: pd.DataFrame):
+    """(label, frame) per recipe and size, in table order."""
+    for (recipe, n), g in df.groupby(["recipe", "n_features"], sort=False):
+        yield f"{recipe} n={n}", recipe, g
+
+
+def _style(recipes: list[str], recipe: str, sizes: list[int], n: int) -> dict:
+    ls = ["-", "--", ":", "-."][recipes.index(recipe) % 4]
+    shade = 0.35 + 0.65 * (sizes.index(n) + 1) / len(sizes)
+    cmap = ["Blues", "Oranges", "Greens"][recipes.index(recipe) % 3]
+    import matplotlib
+
+    return {"ls": ls, "color": matplotlib.colormaps[cmap](shade), "marker": "o", "ms": 3}
+
+
+def fig_vs_tokens(df: pd.DataFrame):
+    plt = _plt()
+    nt = df["analysis_tokens"].max()
+    d = df[df["analysis_tokens"] == nt]
+    recipes, sizes = list(dict.fromkeys(d["recipe"])), sorted(d["n_features"].unique())
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
+    for ax, col, title in ((axes[0], "features_paper_median", "features the paper counts (dead, ultralow left out)"),
+                           (axes[1], "features_all_alive_median", "all alive features")):
+        for label, recipe, g in _lines(d):
+            ax.plot(g["sae_tokens"], g[col], label=label, **_style(recipes, recipe, sizes, g["n_features"].iloc[0]))
+        ax.axhline(d["neurons_median"].iloc[0], color="k", lw=1.2, label="neurons")
+        ax.axhline(d["chance_paper_median"].median(), color="grey", lw=1, ls=":", label="chance (shuffled)")
+        ax.set_xscale("log")
+        ax.set_xlabel("SAE training tokens")
+        ax.set_title(title, fontsize=9)
+    axes[0].set_ylabel(f"median max activation correlation\n(over {nt:,} analysis tokens)")
+    axes[1].legend(fontsize=7, loc="lower left")
+    fig.suptitle("Universality of features vs SAE training tokens")
+    return fig
+
+
+def fig_health(df: pd.DataFrame):
+    plt = _plt()
+    d = df[df["analysis_tokens"] == df["analysis_tokens"].max()]
+    recipes, sizes = list(dict.fromkeys(d["recipe"])), sorted(d["n_features"].unique())
+    fig, axes = plt.subplots(1, 3, figsize=(14, 4))
+    for ax, col, title in ((axes[0], "dead_frac_a", "dead fraction (run A, analysis tokens)"),
+                           (axes[1], "ultralow_frac_a", "ultralow-density fraction (run A)"),
+                           (axes[2], "loss_recovered_zero_a", "loss recovered (zero ablation, run A)")):
+        for label, recipe, g in _lines(d):
+            ax.plot(g["sae_tokens"], g[col], label=label, **_style(recipes, recipe, sizes, g["n_features"].iloc[0]))
+        ax.set_xscale("log")
+        ax.set_xlabel("SAE training tokens")
+        ax.set_title(title, fontsize=9)
+    axes[2].legend(fontsize=7)
+    return fig
+
+
+def fig_vs_analysis(df: pd.DataFrame):
+    plt = _plt()
+    last = df.groupby(["recipe", "n_features"])["sae_tokens"].transform("max")
+    d = df[df["sae_tokens"] == last]
+    recipes, sizes = list(dict.fromkeys(d["recipe"])), sorted(d["n_features"].unique())
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
+    for ax, col, title in ((axes[0], "features_paper_median", "features the paper counts"),
+                           (axes[1], "features_all_alive_median", "all alive features")):
+        for label, recipe, g in _lines(d):
+            ax.plot(g["analysis_tokens"], g[col], label=label,
+                    **_style(recipes, recipe, sizes, g["n_features"].iloc[0]))
+        nn = d.drop_duplicates("analysis_tokens").sort_values("analysis_tokens")
+        ax.plot(nn["analysis_tokens"], nn["neurons_median"], color="k", marker="s", label="neurons")
+        ax.plot(nn["analysis_tokens"], nn["neurons_chance_median"], color="grey", ls=":", label="neurons, shuffled")
+        ax.set_xscale("log")
+        ax.set_xlabel("analysis tokens the correlations run over")
+        ax.set_title(title + " (largest SAE budget)", fontsize=9)
+    axes[0].set_ylabel("median max activation correlation")
+    axes[1].legend(fontsize=7)
+    return fig
+
+
+def fig_density(points: list[dict]):
+    """Median max correlation per density bin at the largest budget and analysis set, features vs neurons."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    with_curve = [p for p in points if p.get("density_curve_features")]
+    if not with_curve:
+        return None
+    nt = max(p["analysis_tokens"] for p in with_curve)
+    best = {}
+    for p in with_curve:
+        if p["analysis_tokens"] == nt and p["sae_tokens"] >= best.get(p["recipe"], {}).get("sae_tokens", -1):
+            best[p["recipe"]] = p
+    for i, (recipe, p) in enumerate(best.items()):
+        c = pd.DataFrame(p["density_curve_features"])
+        ax.plot(c["log10_density_lo"] + 0.25, c["median_corr"], marker="o", color=f"C{i}",
+                label=f"features, {recipe} n={p['n_features']} ({p['sae_tokens']:,} SAE tokens)")
+    p = next(iter(best.values()))
+    c = pd.DataFrame(p["density_curve_neurons"])
+    ax.plot(c["log10_density_lo"] + 0.25, c["median_corr"], marker="s", color="k", label="neurons")
+    ax.set_xlabel("log10 firing density over the analysis tokens (bin centre)")
+    ax.set_ylabel("median max activation correlation")
+    ax.set_title(f"Which units are universal ({nt:,} analysis tokens)")
+    ax.legend(fontsize=7)
+    return fig
+
+
+def write_scaling(out: Path, df: pd.DataFrame, cfg, sc, extra: dict | None = None,
+                  table_json: Path | None = None) -> dict:
+    """Write the grid's table (Parquet + CSV), figures, summary.json and report.md under ``out``."""
+    out = Path(out)
+    points = df.to_dict("records")
+    flat = df.drop(columns=[c for c in _NESTED if c in df.columns])
+    write_table(flat, out / "scaling")
+    figs = {}
+    if len(df):
+        figs["vs_tokens"] = save_figure(fig_vs_tokens(df), out / "universality_vs_sae_tokens")
+        figs["health"] = save_figure(fig_health(df), out / "dead_and_loss_vs_sae_tokens")
+        figs["vs_analysis"] = save_figure(fig_vs_analysis(df), out / "universality_vs_analysis_tokens")
+        fd = fig_density(points)
+        if fd is not None:
+            figs["density"] = save_figure(fd, out / "corr_vs_density")
+    summary = {
+        "grid": sc.to_dict(),
+        "n_points": int(len(df)),
+        "headline": headline(df),
+        "paper": PAPER_FIGURES,
+        "metric_definitions": {**METRIC_DEFINITIONS, **COLUMN_DEFINITIONS},
+        "config": cfg.to_dict(),
+        "provenance": provenance(),
+        "figures": figs,
+        **(extra or {}),
+    }
+    atomic_write_json(out / "summary.json", summary)
+    atomic_write_bytes(out / "report.md", report(summary, flat).encode())
+    if table_json is not None:
+        atomic_write_json(Path(table_json), {"provenance": summary["provenance"], "grid": summary["grid"],
+                                             "config": summary["config"], "headline": summary["headline"],
+                                             "columns": COLUMN_DEFINITIONS,
+                                             "rows": flat.replace({np.nan: None}).to_dict("records")})
+    return summary
+
+
+COLUMN_DEFINITIONS = {
+    "features_paper_*": "over run A's features that fire on at least ultralow_density of the first "
+                        "analysis_tokens tokens (the paper's exclusion of dead and ultralow-density features)",
+    "features_all_alive_*": "over run A's features that fire at least once on those tokens",
+    "*_median / *_mean": "of each unit's max Pearson correlation with any unit of run B over the same tokens",
+    "chance_*_median": "the same with B's token order shuffled (seeded)",
+    "neurons_*": "the same matching for the 512 MLP neurons of A vs B (alive neurons)",
+    "family_train_s_to_budget": "wall seconds of training run A's family (all sizes, one pass) up to this budget",
+    "features_s / matching_s": "seconds to get both runs' feature activations (0 when cached) / to match them",
+}
+
+
+def headline(df: pd.DataFrame) -> list[dict]:
+    """One line per recipe and size: the largest budget on the largest analysis set."""
+    if not len(df):
+        return []
+    nt = df["analysis_tokens"].max()
+    d = df[df["analysis_tokens"] == nt]
+    out = []
+    for (recipe, n), g in d.groupby(["recipe", "n_features"], sort=False):
+        r = g.sort_values("sae_tokens").iloc[-1]
+        out.append({k: (None if isinstance(r[k], float) and not np.isfinite(r[k]) else
+                        (r[k].item() if hasattr(r[k], "item") else r[k]))
+                    for k in ("recipe", "n_features", "sae_tokens", "analysis_tokens", "features_paper_median",
+                              "features_paper_n", "features_all_alive_median", "features_all_alive_n",
+                              "neurons_median", "chance_paper_median", "dead_frac_a", "ultralow_frac_a",
+                              "l0_a", "loss_recovered_zero_a", "loss_recovered_mean_a", "fvu_a")})
+    return out
+
+
+def _fmt(v, nd=3):
+    if v is None or (isinstance(v, float) and not np.isfinite(v)):
+        return "n/a"
+    if isinstance(v, (float, np.floating)):
+        return f"{v:.{nd}f}"
+    return f"{v:,}" if isinstance(v, (int, np.integer)) else str(v)
+
+
+def report(summary: dict, flat: pd.DataFrame) -> str:
+    prov = summary["provenance"]
+    lines = [
+        "# Universality vs SAE tokens, dictionary size, recipe and analysis tokens",
+        "",
+        f"Code version `{prov['git_revision']}`; command `{prov['command']}`. Grid: {summary['grid']}.",
+        f"{summary['n_points']} grid points. Paper (A/1 vs B/1): features {PAPER_FIGURES['features_median_max_act_corr']}, "
+        f"neurons {PAPER_FIGURES['neurons_median_max_act_corr']}, over ~41M tokens.",
+        "",
+        "## Largest budget, largest analysis set",
+        "",
+        "| recipe | n | SAE tokens | features (paper count) | n counted | all alive | neurons | chance | "
+        "dead | ultralow | L0 | loss rec. (zero) | loss rec. (mean) | FVU |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for h in summary["headline"]:
+        lines.append("| " + " | ".join(_fmt(h[k]) for k in (
+            "recipe", "n_features", "sae_tokens", "features_paper_median", "features_paper_n",
+            "features_all_alive_median", "neurons_median", "chance_paper_median", "dead_frac_a", "ultralow_frac_a",
+            "l0_a", "loss_recovered_zero_a", "loss_recovered_mean_a", "fvu_a")) + " |")
+    figs = summary.get("figures", {})
+    for key, caption in (("vs_tokens", "Universality vs SAE training tokens (neurons and chance as lines)"),
+                         ("health", "Dead and ultralow fractions and loss recovered vs SAE tokens"),
+                         ("vs_analysis", "Universality vs the number of analysis tokens"),
+                         ("density", "Max correlation against firing density, features and neurons")):
+        if key in figs:
+            lines += ["", f"### {caption}", "", f"![{caption}]({figs[key][0]})"]
+    lines += ["", "## Every grid point", "", "Columns: `scaling.csv`; definitions in `summary.json`.", ""]
+    cols = ["recipe", "n_features", "sae_tokens", "analysis_tokens", "features_paper_median", "features_all_alive_median",
+            "neurons_median", "chance_paper_median", "dead_frac_a", "loss_recovered_zero_a", "l0_a",
+            "family_train_s_to_budget"]
+    lines.append("| " + " | ".join(cols) + " |")
+    lines.append("|" + "---|" * len(cols))
+    for _, r in flat[cols].iterrows():
+        lines.append("| " + " | ".join(_fmt(r[c]) for c in cols) + " |")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,76 @@
+"""Universality scaling study: how the features-vs-neurons finding depends on SAE tokens, dictionary
+size, training recipe and the number of analysis tokens.
+
+    python -m studies.universality_scaling                  # the default grid (hours on 2 CPU cores; resumable)
+    python -m studies.universality_scaling --preset smoke   # the same path in a minute or two
+
+Trains (or reuses) one family of dictionaries per recipe on each of the cached runs A and B, with
+snapshots at every budget, then measures every grid point. Each finished point is saved at once, so
+an interrupted grid resumes where it stopped. Writes scaling.parquet/.csv, figures, summary.json and
+report.md under --out, and the table to docs/bench/universality_scaling.json (default preset).
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+
+from studies._common import base_parser, config_from_args, friendly_errors
+
+
+def main(argv=None) -> int:
+    p = base_parser(__doc__.split("\n\n")[0])
+    p.add_argument("--recipes", default=None,
+                   help="comma-separated training recipes: paper, l1_decnorm, topk (default: the preset's grid)")
+    p.add_argument("--sizes", default=None, help="dictionary sizes, e.g. '1024,2048,4096' or '1024..4096'")
+    p.add_argument("--budgets", default=None,
+                   help="SAE training tokens at which to measure, e.g. '500k,1M,2M,4M,8M' (the largest ends the run)")
+    p.add_argument("--analysis-tokens", default=None,
+                   help="analysis-set sizes the correlations run over, e.g. '500k,1M,2M,4M'")
+    p.add_argument("--seed-a", type=int, default=None, help="seed of transformer A")
+    p.add_argument("--seed-b", type=int, default=None, help="seed of transformer B (must differ from A's)")
+    p.add_argument("--out", default="results/universality_scaling", help="output folder")
+    p.add_argument("--table-json", default=None,
+                   help="where to write the grid table as JSON (default: docs/bench/universality_scaling.json "
+                        "for the default preset, none otherwise; 'none' to skip)")
+    args = p.parse_args(argv)
+    with friendly_errors():
+        from splitkit.config import ConfigError, parse_counts, parse_sizes
+        from splitkit.report.scaling import write_scaling
+        from splitkit.scaling import get_scaling_preset, run_scaling
+
+        cfg = config_from_args(args)
+        over = {k: v for k, v in (("seed_a", args.seed_a), ("seed_b", args.seed_b)) if v is not None}
+        cfg = cfg.with_overrides(**over)
+        if cfg.seed_a == cfg.seed_b:
+            raise ConfigError(f"--seed-a and --seed-b must differ (both {cfg.seed_a})")
+        grid = {}
+        if args.recipes:
+            grid["recipes"] = tuple(r.strip() for r in args.recipes.split(",") if r.strip())
+        if args.sizes:
+            grid["sizes"] = tuple(sorted(set(parse_sizes(args.sizes))))
+        if args.budgets:
+            grid["budgets"] = parse_counts(args.budgets, "--budgets")
+        if args.analysis_tokens:
+            grid["analysis_tokens"] = parse_counts(args.analysis_tokens, "--analysis-tokens")
+        sc = get_scaling_preset(args.preset).replace(**grid)
+        table = args.table_json
+        if table is None:
+            table = "docs/bench/universality_scaling.json" if args.preset == "default" else None
+        elif table.lower() == "none":
+            table = None
+        t0 = time.perf_counter()
+        df = run_scaling(cfg, sc, args.out, progress=not args.quiet)
+        summary = write_scaling(args.out, df, cfg, sc, {"wall_s": time.perf_counter() - t0}, table_json=table)
+        for h in summary["headline"]:
+            print(f"{h['recipe']:>10} n={h['n_features']:<6} {h['sae_tokens']:>11,} SAE tokens: features (paper count) "
+                  f"{h['features_paper_median']:.3f} | all alive {h['features_all_alive_median']:.3f} | "
+                  f"neurons {h['neurons_median']:.3f} | dead {h['dead_frac_a']:.1%} | "
+                  f"loss recovered {h['loss_recovered_zero_a']:.1%}")
+        print(f"wrote {args.out}/summary.json, report.md, scaling.parquet ({len(df)} points, "
+              f"{time.perf_counter() - t0:.0f} s)" + (f"; table {table}" if table else ""))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,132 @@
+"""The universality-scaling study: planted sharing recovered, chance near 0, the grid end to end."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.sparse as sp
+import torch
+
+from splitkit.config import ConfigError, parse_counts
+from splitkit.sae import SAEConfig, SparseAutoencoder
+from splitkit.scaling import ScalingConfig, paper_counted, universality_figures
+
+
+def _sae_from_directions(D: np.ndarray, threshold: float) -> SparseAutoencoder:
+    """A ReLU dictionary whose encoder reads each direction of ``D [n, d]`` above ``threshold``."""
+    n, d = D.shape
+    sae = SparseAutoencoder(SAEConfig(d_in=d, n_features=n))
+    with torch.no_grad():
+        sae.W_dec.copy_(torch.from_numpy(D))
+        sae.W_enc.copy_(torch.from_numpy(D.T.copy()))
+        sae.b_enc.fill_(-threshold)
+        sae.b_dec.zero_()
+    return sae
+
+
+@pytest.mark.parametrize("shared", [0.25, 0.6])
+def test_planted_shared_fraction_is_recovered(shared):
+    """Two dictionaries sharing a known fraction of directions: that fraction matches above 0.7."""
+    rng = np.random.default_rng(0)
+    d, n, n_tok = 96, 160, 40_000
+    truth = rng.standard_normal((n, d)).astype(np.float32)
+    truth /= np.linalg.norm(truth, axis=1, keepdims=True)
+    # sparse superposed codes with power-law frequencies, as in a real MLP
+    freq = 0.04 * (np.arange(1, n + 1) ** -0.6)
+    codes = (rng.random((n_tok, n)) < freq) * rng.uniform(1.0, 3.0, (n_tok, n))
+    x = torch.from_numpy((codes @ truth).astype(np.float32))  # [n_tok, d]
+    n_shared = int(round(shared * n))
+    other = rng.standard_normal((n - n_shared, d)).astype(np.float32)
+    other /= np.linalg.norm(other, axis=1, keepdims=True)
+    perm = rng.permutation(n)  # B lists its shared directions in another order
+    D_b = np.concatenate([truth[perm[:n_shared]], other])
+    acts = []
+    for D in (truth, D_b):
+        f = _sae_from_directions(D, threshold=0.6).encode(x).detach().numpy()
+        acts.append(sp.csr_matrix(f))
+    fig = universality_figures(acts[0], acts[1], ultralow_density=1e-4)
+    frac = fig["paper"]["frac_gt_0.7"]
+    assert abs(frac - shared) < 0.06, (frac, shared)
+    # and the units that match are exactly the shared ones
+    matched = np.flatnonzero(fig["corr"] > 0.7)
+    assert set(matched) <= set(perm[:n_shared].tolist())
+    # chance: B's tokens shuffled
+    assert np.nanmedian(fig["chance"]) < 0.05
+
+
+def test_paper_exclusion_counts():
+    counts = np.array([0, 1, 9, 10, 500])
+    assert paper_counted(counts, 1_000_000, 1e-5).tolist() == [False, False, False, True, True]
+
+
+def test_parse_counts_and_grid_validation():
+    assert parse_counts("500k, 1M,2m,4000000", "--budgets") == (500_000, 1_000_000, 2_000_000, 4_000_000)
+    for bad in ("", "1M,x", "-5", "0.5"):
+        with pytest.raises(ConfigError):
+            parse_counts(bad, "--budgets")
+    with pytest.raises(ConfigError, match="increasing"):
+        ScalingConfig(budgets=(2_000, 1_000))
+    with pytest.raises(ConfigError, match="unknown recipe"):
+        ScalingConfig(recipes=("magic",))
+
+
+@pytest.mark.heavy
+def test_scaling_grid_end_to_end_and_resume(smoke_cfg, tmp_path):
+    from studies import universality_scaling as study
+
+    out = tmp_path / "scaling"
+    argv = ["--preset", "smoke", "--cache", smoke_cfg.cache_dir, "--out", str(out), "--quiet",
+            "--sizes", "64,128", "--budgets", "20k,41k,82k", "--analysis-tokens", "10k,30k"]
+    assert study.main(argv) == 0
+    df = pd.read_parquet(out / "scaling.parquet")
+    # 2 recipes x 2 sizes x 3 budgets x 2 analysis sets
+    assert len(df) == 24
+    assert set(df["recipe"]) == {"l1_decnorm", "paper"}
+    assert sorted(df["analysis_tokens"].unique()) == [10_000, 30_000]
+    assert df["sae_tokens"].nunique() == 3 and df["sae_tokens"].min() < df["sae_tokens"].max()
+    for col in ("features_paper_median", "features_all_alive_median", "neurons_median", "chance_paper_median",
+                "loss_recovered_zero_a", "loss_recovered_mean_a", "fvu_a", "l0_a", "dead_frac_a",
+                "ultralow_frac_a", "features_paper_frac_gt_0.7", "family_train_s_to_budget"):
+        assert col in df.columns, col
+    # real data: chance is near 0, real matches far above it; every metric is a number in range
+    assert (df["chance_paper_median"].abs() < 0.1).all()
+    assert (df["features_all_alive_median"] > df["chance_all_alive_median"] + 0.1).all()
+    assert df["loss_recovered_zero_a"].between(0, 1.05).all()
+    # budgets are snapshots of one run: training time grows with the budget within each family
+    for _, g in df[df["analysis_tokens"] == 30_000].groupby(["recipe", "n_features"]):
+        g = g.sort_values("sae_tokens")
+        assert g["sae_tokens"].tolist() == [19 * 1024, 40 * 1024, 80 * 1024]
+        assert g["family_train_s_to_budget"].is_monotonic_increasing
+    s = json.loads((out / "summary.json").read_text())
+    assert s["provenance"]["git_revision"] and len(s["headline"]) == 4
+    for f in ("report.md", "universality_vs_sae_tokens.png", "dead_and_loss_vs_sae_tokens.png",
+              "universality_vs_analysis_tokens.png", "corr_vs_density.png"):
+        assert (out / f).is_file(), f
+    # a second run reuses every finished point: no point file is rewritten
+    stamps = {p.name: p.stat().st_mtime_ns for p in (out / "points").glob("*.json")}
+    assert len(stamps) == 24
+    assert study.main(argv) == 0
+    assert {p.name: p.stat().st_mtime_ns for p in (out / "points").glob("*.json")} == stamps
+    df2 = pd.read_parquet(out / "scaling.parquet")
+    pd.testing.assert_frame_equal(df.drop(columns=["features_s", "matching_s"]),
+                                  df2.drop(columns=["features_s", "matching_s"]))
+    # a lost point is recomputed to the same figures
+    lost = out / "points" / "paper-n128-t41000-a30000.json"
+    before = json.loads(lost.read_text())
+    lost.unlink()
+    assert study.main(argv) == 0
+    after = json.loads(lost.read_text())
+    assert after["features_paper_median"] == pytest.approx(before["features_paper_median"], abs=1e-9)
+
+
+def test_scaling_bad_arguments_are_one_line_errors(smoke_cfg, capsys, tmp_path):
+    from studies import universality_scaling as study
+
+    for argv, needle in ((["--budgets", "1M,zz"], "--budgets"), (["--recipes", "magic"], "unknown recipe"),
+                         (["--analysis-tokens", "900M"], "analysis split")):
+        with pytest.raises(SystemExit) as e:
+            study.main(["--preset", "smoke", "--cache", smoke_cfg.cache_dir, "--out", str(tmp_path), "--quiet", *argv])
+        assert e.value.code == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and needle in err[0], err
