@@ -206,11 +206,12 @@ def point_id(recipe: str, n: int, budget: int, n_t: int) -> str:
 
 
 def run_scaling(cfg: Config, sc: ScalingConfig, out: str | Path, progress: bool = True,
-                log=print) -> pd.DataFrame:
+                log=print, report_only: bool = False) -> pd.DataFrame:
     """Train (or reuse) every family of the grid, measure every point, return the table.
 
     Each finished point is written to ``out/points/<id>.json`` at once; a point whose file exists with
-    the same key (config, inputs, code version) is read back, not recomputed.
+    the same key (config, inputs, code version) is read back, not recomputed. ``report_only``: train
+    and measure nothing, return the points finished so far (e.g. while the grid runs elsewhere).
     """
     from . import pipeline as P
     from .report.common import git_revision
@@ -234,6 +235,9 @@ def run_scaling(cfg: Config, sc: ScalingConfig, out: str | Path, progress: bool 
         fams = {}
         for seed in (cfg.seed_a, cfg.seed_b):
             t0 = time.perf_counter()
+            if report_only:  # only the key is needed to recognise finished points
+                fams[seed] = P.family_artifact(cfg_r, P.get_acts(cfg_r, seed, progress=progress))
+                continue
             fams[seed] = P.get_family(cfg_r, seed, progress)
             log(f"[scaling] {recipe}: family of LM seed {seed} ready ({time.perf_counter() - t0:.0f} s)")
         for budget, step in budget_steps(cfg_r, sc):
@@ -255,7 +259,7 @@ def run_scaling(cfg: Config, sc: ScalingConfig, out: str | Path, progress: bool 
                         except ValueError:
                             pass  # a torn file: recompute
                     todo.append(n_t)
-                if not todo:
+                if not todo or report_only:
                     continue
                 rows.extend(_measure(cfg, cfg_r, sc, recipe, n, budget, step, todo, keys, fams, neuron_cache,
                                      out, revision, progress, log))

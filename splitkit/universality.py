@@ -4,9 +4,10 @@ A pure function of cached upstream artifacts (feature activations, neuron activa
 models) that returns tables and a summary; :mod:`splitkit.report` writes files.
 
 Which features count. The paper leaves out dead features and its "ultralow density" cluster. We
-count a feature when it fires on at least ``analysis.min_count`` analysis tokens and on at least
-``analysis.ultralow_density`` of them; every headline figure is also given over all features that
-fire at all (``all_alive``), so the effect of the exclusion is visible.
+count a feature when it fires on at least ``analysis.ultralow_density`` of the analysis tokens (and,
+optionally, on at least ``analysis.min_count`` of them; 1 by default, i.e. the paper's exclusion
+alone); every headline figure is also given over all features that fire at all (``all_alive``), so
+the effect of the exclusion is visible.
 
 Logit effects go through the direct path: decoder direction -> MLP output weights -> final layer
 norm -> unembedding. The final LN's mean-centring is applied to the direction and its gain per

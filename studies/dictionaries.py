@@ -1,16 +1,22 @@
-"""Train one family of dictionaries, over the processes torchrun starts (or as one process).
+"""Train one family of dictionaries, over the processes torchrun starts (or as one process), and report it.
 
     torchrun --nproc_per_node 2 -m studies.dictionaries --preset smoke --seed 0 --sizes 64,128 --mode sizes
     python -m studies.dictionaries --sizes 512..4096          # one process
+    python -m studies.dictionaries --sizes 512..4096 --out results/dicts_512_4096
+    python -m studies.dictionaries --no-report                # train (or check) the family only
 
-The family is stored as the pipeline's cached family, so every study then finds it ready. The work is
-done by :func:`splitkit.distributed.train_pipeline_family`; this module only parses arguments.
+The family is stored as the pipeline's cached family, so every study then finds it ready. Then process 0
+evaluates every size (cached features stage) and writes summary.json, metrics.csv/.parquet,
+density_hist.png/.svg and report.md under --out. The work is done by
+:func:`splitkit.distributed.train_pipeline_family`, :func:`splitkit.family_metrics.get_family_metrics` and
+:mod:`splitkit.report.dictionaries`; this module only parses arguments.
 """
 
 from __future__ import annotations
 
 import os
 import sys
+import time
 from contextlib import contextmanager
 from datetime import timedelta
 from typing import Any
@@ -66,6 +72,11 @@ def main(argv: list[str] | None = None) -> int:
                         "data: split every batch over the processes and average the gradients (one large size)")
     p.add_argument("--backend", default="auto", choices=["auto", "gloo", "nccl"],
                    help="torch.distributed backend (auto: nccl with --device cuda, else gloo)")
+    p.add_argument("--out", default=None,
+                   help="folder of the family's report (summary.json, metrics.csv/.parquet, figures, report.md); "
+                        "default results/dictionaries/lm<seed>")
+    p.add_argument("--no-report", action="store_true",
+                   help="only train (or find) the family; skip evaluating it and writing the report")
     p.add_argument("--timeout-min", type=float, default=24 * 60,
                    help="minutes a process waits for the others (process 0 may first build the LM and the "
                         "activation store while the others wait)")
@@ -98,6 +109,7 @@ def main(argv: list[str] | None = None) -> int:
                                   "(--nproc_per_node)")
             device = f"cuda:{local_rank}"
             torch.cuda.set_device(device)
+        t0 = time.perf_counter()
         if "RANK" in os.environ and world > 1:
             dist.init_process_group(backend, timeout=timedelta(minutes=args.timeout_min),
                                     **({"device_id": torch.device(device)} if backend == "nccl" else {}))
@@ -109,6 +121,20 @@ def main(argv: list[str] | None = None) -> int:
                 dist.destroy_process_group()
         if rank == 0:
             print(f"family of LM seed {seed}, sizes {list(cfg.dict.sizes)}: {path}")
+        # The evaluation runs on process 0 alone, after the process group is gone: the others are done.
+        if rank == 0 and not args.no_report:
+            from splitkit.family_metrics import get_family_metrics
+            from splitkit.report import family_lines, family_table, write_family_report
+
+            out = args.out or f"results/dictionaries/lm{seed}"
+            fm = get_family_metrics(cfg, seed, progress=not args.quiet)
+            table = family_table(fm.stats_by_size, fm.train_summary)
+            write_family_report(out, table, fm.stats_by_size, cfg, fm.train_summary,
+                                {"seed": seed, "family_key": fm.family_key, "family_folder": str(fm.family_folder),
+                                 "wall_s": time.perf_counter() - t0})
+            for line in family_lines(table):
+                print(line)
+            print(f"wrote {out}/summary.json, metrics.csv, report.md ({time.perf_counter() - t0:.0f} s)")
     return 0
 
 

@@ -33,6 +33,9 @@ def main(argv=None) -> int:
     p.add_argument("--table-json", default=None,
                    help="where to write the grid table as JSON (default: docs/bench/universality_scaling.json "
                         "for the default preset, none otherwise; 'none' to skip)")
+    p.add_argument("--report-only", action="store_true",
+                   help="train and measure nothing: write the table, figures and report from the points finished "
+                        "so far (e.g. while the grid runs in the background)")
     args = p.parse_args(argv)
     with friendly_errors():
         from splitkit.config import ConfigError, parse_counts, parse_sizes
@@ -60,13 +63,16 @@ def main(argv=None) -> int:
         elif table.lower() == "none":
             table = None
         t0 = time.perf_counter()
-        df = run_scaling(cfg, sc, args.out, progress=not args.quiet)
+        df = run_scaling(cfg, sc, args.out, progress=not args.quiet, report_only=args.report_only)
         summary = write_scaling(args.out, df, cfg, sc, {"wall_s": time.perf_counter() - t0}, table_json=table)
+        def f(v, spec=".3f"):
+            return "n/a" if v is None else format(v, spec)
+
         for h in summary["headline"]:
             print(f"{h['recipe']:>10} n={h['n_features']:<6} {h['sae_tokens']:>11,} SAE tokens: features (paper count) "
-                  f"{h['features_paper_median']:.3f} | all alive {h['features_all_alive_median']:.3f} | "
-                  f"neurons {h['neurons_median']:.3f} | dead {h['dead_frac_a']:.1%} | "
-                  f"loss recovered {h['loss_recovered_zero_a']:.1%}")
+                  f"{f(h['features_paper_median'])} | all alive {f(h['features_all_alive_median'])} | "
+                  f"neurons {f(h['neurons_median'])} | dead {f(h['dead_frac_a'], '.1%')} | "
+                  f"loss recovered {f(h['loss_recovered_zero_a'], '.1%')}")
         print(f"wrote {args.out}/summary.json, report.md, scaling.parquet ({len(df)} points, "
               f"{time.perf_counter() - t0:.0f} s)" + (f"; table {table}" if table else ""))
     return 0

@@ -250,7 +250,7 @@ def test_torchrun_cli_builds_the_cached_family(smoke_cfg, monkeypatch):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", "2",
            "--master_addr", "127.0.0.1", "--master_port", str(_free_port()),
            "-m", "studies.dictionaries", "--preset", "smoke", "--seed", "0", "--sizes", "48,80", "--mode", "sizes",
-           "--cache", cfg.cache_dir, "--quiet"]
+           "--cache", cfg.cache_dir, "--quiet", "--no-report"]
     run = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-4000:]
 

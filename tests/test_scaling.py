@@ -111,6 +111,11 @@ def test_scaling_grid_end_to_end_and_resume(smoke_cfg, tmp_path):
     df2 = pd.read_parquet(out / "scaling.parquet")
     pd.testing.assert_frame_equal(df.drop(columns=["features_s", "matching_s"]),
                                   df2.drop(columns=["features_s", "matching_s"]))
+    # --report-only rebuilds the table from the finished points alone
+    (out / "scaling.parquet").unlink()
+    assert study.main(argv + ["--report-only"]) == 0
+    pd.testing.assert_frame_equal(df.drop(columns=["features_s", "matching_s"]),
+                                  pd.read_parquet(out / "scaling.parquet").drop(columns=["features_s", "matching_s"]))
     # a lost point is recomputed to the same figures
     lost = out / "points" / "paper-n128-t41000-a30000.json"
     before = json.loads(lost.read_text())
@@ -118,6 +123,10 @@ def test_scaling_grid_end_to_end_and_resume(smoke_cfg, tmp_path):
     assert study.main(argv) == 0
     after = json.loads(lost.read_text())
     assert after["features_paper_median"] == pytest.approx(before["features_paper_median"], abs=1e-9)
+    # and with --report-only a lost point stays lost (nothing is measured)
+    lost.unlink()
+    assert study.main(argv + ["--report-only"]) == 0
+    assert len(pd.read_parquet(out / "scaling.parquet")) == 23 and not lost.exists()
 
 
 def test_scaling_bad_arguments_are_one_line_errors(smoke_cfg, capsys, tmp_path):

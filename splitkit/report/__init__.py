@@ -4,6 +4,8 @@ Analyses return data; only this package (and the exporters) writes files.
 """
 
 from .common import provenance, save_figure, write_table
+from .dictionaries import family_lines, family_table, write_family_report
 from .universality import write_universality
 
-__all__ = ["provenance", "save_figure", "write_table", "write_universality"]
+__all__ = ["family_lines", "family_table", "provenance", "save_figure", "write_family_report", "write_table",
+           "write_universality"]

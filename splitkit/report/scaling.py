@@ -233,6 +233,6 @@ def report(summary: dict, flat: pd.DataFrame) -> str:
             "family_train_s_to_budget"]
     lines.append("| " + " | ".join(cols) + " |")
     lines.append("|" + "---|" * len(cols))
-    for _, r in flat[cols].iterrows():
+    for _, r in (flat[cols] if len(flat) else pd.DataFrame(columns=cols)).iterrows():
         lines.append("| " + " | ".join(_fmt(r[c]) for c in cols) + " |")
     return "\n".join(lines) + "\n"
