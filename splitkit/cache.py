@@ -139,18 +139,26 @@ class Artifact:
 def write_manifest(folder: Path) -> dict:
     folder = Path(folder)
     files = {}
+    stamp = []
     for p in sorted(folder.rglob("*")):
-        if p.is_file() and p.name != MANIFEST and not p.name.endswith(".tmp"):
+        if p.is_file() and p.name not in (MANIFEST, VERIFIED_STAMP) and not p.name.endswith(".tmp"):
             rel = p.relative_to(folder).as_posix()
-            files[rel] = {"size": p.stat().st_size, "sha256": sha256_file(p)}
+            st = p.stat()
+            files[rel] = {"size": st.st_size, "sha256": sha256_file(p)}
+            stamp.append([rel, st.st_size, st.st_mtime_ns])
     manifest = {"files": files}
     atomic_write_json(folder / MANIFEST, manifest)
+    atomic_write_json(folder / VERIFIED_STAMP, stamp)  # just hashed: no need to hash again
     return manifest
 
 
 # Checksums already verified in this process, keyed by every file's size and mtime, so a second
 # get_X() in one run does not re-hash gigabytes, while any rewrite of a file forces a fresh check.
 _VERIFIED: set[tuple] = set()
+# Across processes: the size and mtime of every file when its checksums last matched. A warm run
+# then hashes nothing (the activation stores alone are ~16 GB at the default preset); a file that
+# was rewritten, truncated or replaced since has another mtime or size and is hashed again.
+VERIFIED_STAMP = ".verified.json"
 
 
 def check_manifest(folder: Path, verify: bool = True) -> dict:
@@ -175,9 +183,18 @@ def check_manifest(folder: Path, verify: bool = True) -> dict:
         stamp.append((rel, st.st_size, st.st_mtime_ns))
     memo = (str(folder.resolve()), tuple(stamp))
     if verify and memo not in _VERIFIED:
-        for rel, meta in files.items():
-            if sha256_file(folder / rel) != meta["sha256"]:
-                raise CacheError(f"{folder / rel}: checksum mismatch (corrupt file)")
+        try:
+            stamped = [tuple(x) for x in json.loads((folder / VERIFIED_STAMP).read_text())]
+        except (OSError, ValueError, TypeError):
+            stamped = None
+        if stamped != sorted(stamp):
+            for rel, meta in files.items():
+                if sha256_file(folder / rel) != meta["sha256"]:
+                    raise CacheError(f"{folder / rel}: checksum mismatch (corrupt file)")
+            try:
+                atomic_write_json(folder / VERIFIED_STAMP, sorted(stamp))
+            except OSError:  # a read-only cache is still checked, just every time
+                pass
         _VERIFIED.add(memo)
     return manifest
 

@@ -53,6 +53,7 @@ get ``value = NaN`` and ``index = -1``, are never offered as a match, and are co
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import warnings
 from dataclasses import dataclass, field
@@ -73,6 +74,7 @@ except ImportError:  # pragma: no cover - exercised only where numba is missing
 
 __all__ = [
     "TopK",
+    "prepare",
     "max_correlation",
     "max_correlation_both",
     "correlation_matrix",
@@ -188,6 +190,16 @@ class _Side:
             out = np.array(self.mat[t0:t1, c0:c1], dtype=np.float64)
         out -= self.mean[c0:c1]
         return out
+
+
+def prepare(acts, name: str = "acts") -> _Side:
+    """Validate ``acts [n_tokens, n]`` and compute its column statistics once.
+
+    Every function here accepts the result in place of the array, so a caller that matches the same
+    activations several times (best match, chance level, assignment) pays for one pass, not one
+    per call: for the neurons over 4M analysis tokens that pass reads 4 GB.
+    """
+    return _prepare(acts, name)
 
 
 def _prepare(acts, name: str) -> _Side:
@@ -871,7 +883,8 @@ def shuffled_baseline(acts_a, acts_b, seed: int = 0, k: int = 1, **kwargs) -> To
     """
     A, B = _check_pair(acts_a, acts_b, k)
     perm = np.random.default_rng(seed).permutation(B.n_tokens)
-    shuffled = B.mat[perm]
+    # permuting rows leaves every column statistic as it was: reuse them instead of another pass
+    shuffled = dataclasses.replace(B, mat=B.mat[perm])
     out = max_correlation(A, shuffled, k, **kwargs)
     out.meta["shuffled_seed"] = seed
     return out

@@ -150,15 +150,11 @@ def universality_figures(FA, FB, ultralow_density: float, shuffle_seed: int = 0)
     ``FA: [n_tokens, n_a]``, ``FB: [n_tokens, n_b]`` (CSR or dense). Returns the per-unit arrays
     (``corr``, ``chance``, ``counts``) and the summaries over the ``paper``-counted and all alive units.
     """
-    n_tok = FA.shape[0]
-    corr = matching.max_correlation(FA, FB, k=1, dtype=np.float32).value[:, 0].astype(np.float64)
-    chance = matching.shuffled_baseline(FA, FB, seed=shuffle_seed, k=1, dtype=np.float32).value[:, 0].astype(np.float64)
-    if hasattr(FA, "getnnz"):
-        counts = np.asarray(FA.getnnz(axis=0))
-    else:
-        counts = np.zeros(FA.shape[1], np.int64)
-        for t0 in range(0, n_tok, 1 << 18):
-            counts += (np.asarray(FA[t0:t0 + (1 << 18)]) > 0).sum(0)
+    A, B = matching.prepare(FA, "acts A"), matching.prepare(FB, "acts B")  # column statistics once
+    n_tok = A.n_tokens
+    corr = matching.max_correlation(A, B, k=1, dtype=np.float32).value[:, 0].astype(np.float64)
+    chance = matching.shuffled_baseline(A, B, seed=shuffle_seed, k=1, dtype=np.float32).value[:, 0].astype(np.float64)
+    counts = A.nnz  # [n_a] tokens on which each unit is nonzero
     alive = counts > 0
     counted = paper_counted(counts, n_tok, ultralow_density)
     return {

@@ -76,8 +76,10 @@ def analyse(a: Side, b: Side, next_tokens: np.ndarray, cfg: Config, top_token_id
 
     # one-to-one assignment on the top-k graph: Hungarian on a dense 4096 x 4096 matrix takes minutes
     feats = matching.match(FA, FB, k=ac.top_k, assignment="topk" if FA.shape[1] * FB.shape[1] > 1 << 20 else "dense")
-    # dense neuron products in float32: the matcher centres token blocks first, so this stays within ~1e-6
-    neurons = matching.match(a.neuron_acts, b.neuron_acts, k=ac.top_k, dtype=np.float32)
+    # dense neuron products in float32: the matcher centres token blocks first, so this stays within ~1e-6;
+    # column statistics once for the match and the chance level
+    NA, NB = matching.prepare(a.neuron_acts, "neurons A"), matching.prepare(b.neuron_acts, "neurons B")
+    neurons = matching.match(NA, NB, k=ac.top_k, dtype=np.float32)
 
     # logit-effect views
     LA, LB = _logit_effects(a.W_dec, a.direct_path), _logit_effects(b.W_dec, b.direct_path)
@@ -108,7 +110,7 @@ def analyse(a: Side, b: Side, next_tokens: np.ndarray, cfg: Config, top_token_id
     alive = counts_a > 0
 
     chance_f = matching.shuffled_baseline(FA, FB, seed=ac.shuffle_seed, k=1)
-    chance_n = matching.shuffled_baseline(a.neuron_acts, b.neuron_acts, seed=ac.shuffle_seed, k=1, dtype=np.float32)
+    chance_n = matching.shuffled_baseline(NA, NB, seed=ac.shuffle_seed, k=1, dtype=np.float32)
 
     def block(df, mask):
         s = matching.summarize(df, mask=mask)

@@ -226,3 +226,25 @@ def test_smoke_pipeline_lm_beats_unigram(smoke_cfg):
     assert s["val_loss"] < s["unigram_entropy"]
     # a second call reuses the cache: same folder, no retraining
     assert P.get_lm(smoke_cfg, smoke_cfg.seed_a, progress=False).folder == lm.folder
+
+
+def test_verified_stamp_skips_rehashing_until_a_file_changes(tmp_path, monkeypatch):
+    import splitkit.cache as C
+
+    art = Cache(tmp_path).artifact("x", {"a": 1})
+    work = art.begin()
+    (work / "big.bin").write_bytes(b"0123456789" * 1000)
+    art.seal()
+    C._VERIFIED.clear()  # as in a new process
+    calls = []
+    real = C.sha256_file
+    monkeypatch.setattr(C, "sha256_file", lambda p: calls.append(p) or real(p))
+    check_manifest(art.path)
+    assert calls == []  # sealed just now: its stamp says the checksums matched
+    data = bytearray((art.path / "big.bin").read_bytes())
+    data[5] ^= 0xFF
+    (art.path / "big.bin").write_bytes(bytes(data))  # same size, new mtime
+    C._VERIFIED.clear()
+    with pytest.raises(CacheError, match="checksum"):
+        check_manifest(art.path)
+    assert calls
