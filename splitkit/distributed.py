@@ -42,13 +42,11 @@ import json
 import os
 import shutil
 import sys
-import time
 from pathlib import Path
 from typing import Any, Sequence
 
 import torch
 import torch.distributed as dist
-from tqdm.auto import tqdm
 
 from .cache import atomic_write_json
 from .sae import SparseAutoencoder
@@ -59,6 +57,7 @@ from .trainer import (
     StepStats,
     TrainerConfig,
     _member_names,
+    run_trainer,
 )
 
 __all__ = ["MODES", "deal_sizes", "DataParallelReducer", "train_family_distributed", "train_pipeline_family"]
@@ -228,7 +227,7 @@ def _train_sizes(saes: list[SparseAutoencoder], source: ActivationSource, cfg: T
     part = None
     if trainer is not None:
         local = {m.name: names[i] for m, i in zip(trainer.members, mine)}  # FamilyTrainer's name -> family's
-        part = trainer.finish(_run(trainer, progress and rank == 0, f"rank {rank}/{world}"))
+        part = trainer.finish(run_trainer(trainer, progress and rank == 0, f"rank {rank}/{world}"))
         part["saes"] = {local[k]: v for k, v in part["saes"].items()}
         if out is not None:
             _publish(part_dirs[rank], out, local)
@@ -313,7 +312,7 @@ def _train_data(saes: list[SparseAutoencoder], source: ActivationSource, cfg: Tr
     _agree(error)  # also: every process has read the checkpoint before process 0 may replace it
     if rank != 0:
         trainer.out = None  # process 0 writes checkpoints, snapshots and final/; the others hold the same state
-    result = trainer.finish(_run(trainer, progress and rank == 0, f"data x{world}"))
+    result = trainer.finish(run_trainer(trainer, progress and rank == 0, f"data x{world}"))
     _check_in_step(trainer)
     result["distributed"] = {"mode": "data", "world_size": world}
     if rank == 0 and out is not None:
@@ -325,24 +324,6 @@ def _train_data(saes: list[SparseAutoencoder], source: ActivationSource, cfg: Tr
 # ---------------------------------------------------------------------------------------------
 # Entry point (library)
 # ---------------------------------------------------------------------------------------------
-def _run(trainer: FamilyTrainer, progress: bool, desc: str) -> float:
-    """``train_family``'s loop: step until ``n_steps``; returns the wall seconds of this session."""
-    cfg = trainer.cfg
-    bar = tqdm(total=cfg.n_steps, initial=trainer.step, disable=not progress, unit="step", dynamic_ncols=True,
-               desc=desc)
-    t0 = time.perf_counter()
-    while trainer.step < cfg.n_steps:
-        trainer.train_step(write=bar.write if progress else None)
-        done = trainer.step
-        if progress and (done % cfg.log_every == 0 or done == cfg.n_steps):
-            rate = trainer.tokens_run / max(time.perf_counter() - t0, 1e-9)
-            losses = " ".join(f"{m.last.loss.item():.4g}" for m in trainer.members)
-            l0s = " ".join(f"{m.last.fire_counts.sum().item() / trainer.source.batch_size:.1f}"
-                           for m in trainer.members)
-            bar.set_postfix_str(f"tok/s={rate:,.0f} loss=[{losses}] L0=[{l0s}]")
-        bar.update(1)
-    bar.close()
-    return time.perf_counter() - t0
 
 
 def train_family_distributed(saes: list[SparseAutoencoder], source: ActivationSource, cfg: TrainerConfig,

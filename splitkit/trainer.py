@@ -78,6 +78,7 @@ __all__ = [
     "TensorSource",
     "TrainerConfig",
     "train_family",
+    "run_trainer",
     "FamilyTrainer",
     "geometric_median",
     "sae_step",
@@ -1103,8 +1104,14 @@ def train_family(saes: list[SparseAutoencoder], source: ActivationSource, cfg: T
     "last_window_tokens"}}}`` (names: ``sae_{n}``, or ``sae_{n}_seed{s}`` when sizes repeat).
     """
     trainer = FamilyTrainer(saes, source, cfg, out_dir=out_dir, device=device)
-    members = trainer.members
-    bar = tqdm(total=cfg.n_steps, initial=trainer.step, disable=not progress, unit="step", dynamic_ncols=True)
+    return trainer.finish(run_trainer(trainer, progress))
+
+
+def run_trainer(trainer: FamilyTrainer, progress: bool = True, desc: str | None = None) -> float:
+    """Step ``trainer`` until ``n_steps`` with a progress bar; returns this session's wall seconds."""
+    cfg, members = trainer.cfg, trainer.members
+    bar = tqdm(total=cfg.n_steps, initial=trainer.step, disable=not progress, unit="step", dynamic_ncols=True,
+               desc=desc)
     t0 = time.perf_counter()
     while trainer.step < cfg.n_steps:
         trainer.train_step(write=bar.write if progress else None)
@@ -1116,4 +1123,4 @@ def train_family(saes: list[SparseAutoencoder], source: ActivationSource, cfg: T
             bar.set_postfix_str(f"tok/s={rate:,.0f} loss=[{losses}] L0=[{l0s}]")
         bar.update(1)
     bar.close()
-    return trainer.finish(time.perf_counter() - t0)
+    return time.perf_counter() - t0

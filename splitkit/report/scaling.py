@@ -40,21 +40,27 @@ def _style(recipes: list[str], recipe: str, sizes: list[int], n: int) -> dict:
     return {"ls": ls, "color": matplotlib.colormaps[cmap](shade), "marker": "o", "ms": 3}
 
 
+def _panels_vs(d: pd.DataFrame, axes, panels, x: str, xlabel: str) -> None:
+    """One line per recipe and size of column ``col`` against ``x`` in each ``(col, title)`` panel."""
+    recipes, sizes = list(dict.fromkeys(d["recipe"])), sorted(d["n_features"].unique())
+    for ax, (col, title) in zip(axes, panels):
+        for label, recipe, g in _lines(d):
+            ax.plot(g[x], g[col], label=label, **_style(recipes, recipe, sizes, g["n_features"].iloc[0]))
+        ax.set_xscale("log")
+        ax.set_xlabel(xlabel)
+        ax.set_title(title, fontsize=9)
+
+
 def fig_vs_tokens(df: pd.DataFrame):
     plt = _plt()
     nt = df["analysis_tokens"].max()
     d = df[df["analysis_tokens"] == nt]
-    recipes, sizes = list(dict.fromkeys(d["recipe"])), sorted(d["n_features"].unique())
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
-    for ax, col, title in ((axes[0], "features_paper_median", "features the paper counts (dead, ultralow left out)"),
-                           (axes[1], "features_all_alive_median", "all alive features")):
-        for label, recipe, g in _lines(d):
-            ax.plot(g["sae_tokens"], g[col], label=label, **_style(recipes, recipe, sizes, g["n_features"].iloc[0]))
+    _panels_vs(d, axes, [("features_paper_median", "features the paper counts (dead, ultralow left out)"),
+                         ("features_all_alive_median", "all alive features")], "sae_tokens", "SAE training tokens")
+    for ax in axes:
         ax.axhline(d["neurons_median"].iloc[0], color="k", lw=1.2, label="neurons")
         ax.axhline(d["chance_paper_median"].median(), color="grey", lw=1, ls=":", label="chance (shuffled)")
-        ax.set_xscale("log")
-        ax.set_xlabel("SAE training tokens")
-        ax.set_title(title, fontsize=9)
     axes[0].set_ylabel(f"median max activation correlation\n(over {nt:,} analysis tokens)")
     axes[1].legend(fontsize=7, loc="lower left")
     fig.suptitle("Universality of features vs SAE training tokens")
@@ -64,16 +70,11 @@ def fig_vs_tokens(df: pd.DataFrame):
 def fig_health(df: pd.DataFrame):
     plt = _plt()
     d = df[df["analysis_tokens"] == df["analysis_tokens"].max()]
-    recipes, sizes = list(dict.fromkeys(d["recipe"])), sorted(d["n_features"].unique())
     fig, axes = plt.subplots(1, 3, figsize=(14, 4))
-    for ax, col, title in ((axes[0], "dead_frac_a", "dead fraction (run A, analysis tokens)"),
-                           (axes[1], "ultralow_frac_a", "ultralow-density fraction (run A)"),
-                           (axes[2], "loss_recovered_zero_a", "loss recovered (zero ablation, run A)")):
-        for label, recipe, g in _lines(d):
-            ax.plot(g["sae_tokens"], g[col], label=label, **_style(recipes, recipe, sizes, g["n_features"].iloc[0]))
-        ax.set_xscale("log")
-        ax.set_xlabel("SAE training tokens")
-        ax.set_title(title, fontsize=9)
+    _panels_vs(d, axes, [("dead_frac_a", "dead fraction (run A, analysis tokens)"),
+                         ("ultralow_frac_a", "ultralow-density fraction (run A)"),
+                         ("loss_recovered_zero_a", "loss recovered (zero ablation, run A)")],
+               "sae_tokens", "SAE training tokens")
     axes[2].legend(fontsize=7)
     return fig
 
@@ -82,19 +83,14 @@ def fig_vs_analysis(df: pd.DataFrame):
     plt = _plt()
     last = df.groupby(["recipe", "n_features"])["sae_tokens"].transform("max")
     d = df[df["sae_tokens"] == last]
-    recipes, sizes = list(dict.fromkeys(d["recipe"])), sorted(d["n_features"].unique())
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
-    for ax, col, title in ((axes[0], "features_paper_median", "features the paper counts"),
-                           (axes[1], "features_all_alive_median", "all alive features")):
-        for label, recipe, g in _lines(d):
-            ax.plot(g["analysis_tokens"], g[col], label=label,
-                    **_style(recipes, recipe, sizes, g["n_features"].iloc[0]))
-        nn = d.drop_duplicates("analysis_tokens").sort_values("analysis_tokens")
+    _panels_vs(d, axes, [("features_paper_median", "features the paper counts (largest SAE budget)"),
+                         ("features_all_alive_median", "all alive features (largest SAE budget)")],
+               "analysis_tokens", "analysis tokens the correlations run over")
+    nn = d.drop_duplicates("analysis_tokens").sort_values("analysis_tokens")
+    for ax in axes:
         ax.plot(nn["analysis_tokens"], nn["neurons_median"], color="k", marker="s", label="neurons")
         ax.plot(nn["analysis_tokens"], nn["neurons_chance_median"], color="grey", ls=":", label="neurons, shuffled")
-        ax.set_xscale("log")
-        ax.set_xlabel("analysis tokens the correlations run over")
-        ax.set_title(title + " (largest SAE budget)", fontsize=9)
     axes[0].set_ylabel("median max activation correlation")
     axes[1].legend(fontsize=7)
     return fig
