@@ -242,7 +242,9 @@ def run_scaling(cfg: Config, sc: ScalingConfig, out: str | Path, progress: bool 
                 keys = {}
                 for n_t in sc.analysis_tokens:
                     pid = point_id(recipe, n, budget, n_t)
-                    keys[n_t] = stable_hash({"dict": cfg_r.dict.to_dict(), "analysis": cfg.analysis.to_dict(),
+                    # only what a point's figures depend on (not, e.g., the universality study's min_count)
+                    analysis = {"ultralow_density": cfg.analysis.ultralow_density, "shuffle_seed": cfg.analysis.shuffle_seed}
+                    keys[n_t] = stable_hash({"dict": cfg_r.dict.to_dict(), "analysis": analysis,
                                              "fam_a": fams[cfg.seed_a].key, "fam_b": fams[cfg.seed_b].key,
                                              "n": n, "step": step, "n_t": n_t, "v": POINT_VERSION})
                     f = out / "points" / f"{pid}.json"
