@@ -13,3 +13,13 @@ def smoke_cfg(tmp_path_factory):
     from splitkit.config import get_preset
 
     return get_preset("smoke").replace(cache_dir=str(tmp_path_factory.mktemp("cache")))
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread for a test module: bitwise comparisons hold within one thread count, and on
+    a shared 2-core machine (or in 2-process workers) OpenMP threads stop waiting on each other."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -32,13 +32,7 @@ DATA_CFG = TrainerConfig(n_steps=20, batch_size=BATCH, lr=1e-3, l1_coeff=3e-3, r
 STOP_AT = {"sizes": 17, "data": 13}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Bitwise comparisons hold within one thread count; the workers run one thread too.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
 
 
 def _data(n=4096, n_true=128, seed=0):

@@ -21,14 +21,7 @@ from splitkit.trainer import (
 PARAMS = ("W_enc", "b_enc", "W_dec", "b_dec")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # The test machine is shared: one thread per process avoids OpenMP threads waiting on each
-    # other, and makes timings steady. Bitwise comparisons below are all within one thread count.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
 
 
 def planted(n_true=256, d=64, n=32768, mean_active=4.0, alpha=0.5, seed=0):
