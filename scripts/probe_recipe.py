@@ -25,9 +25,9 @@ ap.add_argument("--analysis-tokens", type=int, default=None, help="analysis toke
 args = ap.parse_args()
 extra = json.loads(args.overrides)
 snaps = tuple(extra.pop("snaps", ()))
-size = int(extra.pop("size", 4096))
+sizes = tuple(extra.pop("sizes", [extra.pop("size", 4096)]))
 cfg = get_preset("default")
-over = {"dict": {"sizes": (size,), "recipe": args.recipe, "snapshot_tokens": snaps, **extra}}
+over = {"dict": {"sizes": sizes, "recipe": args.recipe, "snapshot_tokens": snaps, **extra}}
 if args.analysis_tokens:
     over["analysis"] = {"n_tokens": args.analysis_tokens}
 cfg = cfg.with_overrides(**over)
@@ -36,12 +36,12 @@ na, nb = P.get_acts(cfg, cfg.seed_a, "analysis"), P.get_acts(cfg, cfg.seed_b, "a
 neur = matching.max_correlation(na.head(), nb.head(), k=1, dtype=np.float32).value[:, 0]
 print(json.dumps({"neurons_median": round(float(np.nanmedian(neur)), 3), "neurons_alive": int(np.isfinite(neur).sum())}),
       flush=True)
-for st in list(tc.snapshot_steps) + [None]:
+for st, size in [(st, n) for st in list(tc.snapshot_steps) + [None] for n in sizes]:
     fa, fb = P.get_features(cfg, cfg.seed_a, size, st), P.get_features(cfg, cfg.seed_b, size, st)
     FA, FB = fa.acts(), fb.acts()
     c = matching.max_correlation(FA, FB, k=1).value[:, 0]
     cnt = np.asarray(FA.getnnz(axis=0))
-    out = {"step": st, "tokens": (st or tc.n_steps) * tc.batch_size}
+    out = {"size": size, "step": st, "tokens": (st or tc.n_steps) * tc.batch_size}
     for name, m in (("alive", cnt > 0), ("dens>=1e-5", cnt / FA.shape[0] >= 1e-5), ("cnt>=100", cnt >= 100)):
         out[name] = [int(m.sum()), round(float(np.nanmedian(c[m])), 3)]
     for k in ("fvu", "l0", "loss_recovered_zero", "loss_recovered_mean", "dead_frac", "ultralow_frac"):

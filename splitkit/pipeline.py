@@ -286,12 +286,13 @@ def trainer_config(cfg: Config):
     return TrainerConfig(recipe=dc.recipe, lr=dc.lr, l1_coeff=dc.l1_coeff,
                          k=dc.k if dc.recipe == "topk" else None, n_steps=n_steps, batch_size=dc.batch_size,
                          matmul_dtype=dc.matmul_dtype, seed=dc.seed, snapshot_steps=snaps,
-                         checkpoint_every=dc.checkpoint_every)
+                         checkpoint_every=dc.checkpoint_every, l1_warmup_frac=dc.l1_warmup_frac,
+                         lr_decay_frac=dc.lr_decay_frac)
 
 
 def family_artifact(cfg: Config, store) -> Artifact:
     """The cache entry of the family trained on activation ``store`` (also used by ``distributed``)."""
-    return _cache(cfg).artifact("dicts", {"dict": cfg.dict.to_dict(), "d_in": store.d},
+    return _cache(cfg).artifact("dicts", {"dict": cfg.dict.key_dict(), "d_in": store.d},
                                 {"acts": store.folder.name}, VERSIONS["dicts"])
 
 

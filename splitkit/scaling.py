@@ -92,8 +92,9 @@ def get_scaling_preset(name: str) -> ScalingConfig:
 
 def recipe_config(cfg: Config, sc: ScalingConfig, recipe: str) -> Config:
     """The pipeline config of one recipe's families: all sizes, snapshots at every budget but the last."""
+    # the recipe's own schedule over the whole run; budgets are snapshots of it
     d = {"sizes": tuple(sc.sizes), "recipe": recipe, "n_tokens": sc.budgets[-1],
-         "snapshot_tokens": tuple(sc.budgets[:-1])}
+         "snapshot_tokens": tuple(sc.budgets[:-1]), "l1_warmup_frac": None, "lr_decay_frac": None}
     if recipe == "topk":
         d["k"] = sc.topk_k
     else:
@@ -244,7 +245,7 @@ def run_scaling(cfg: Config, sc: ScalingConfig, out: str | Path, progress: bool 
                     pid = point_id(recipe, n, budget, n_t)
                     # only what a point's figures depend on (not, e.g., the universality study's min_count)
                     analysis = {"ultralow_density": cfg.analysis.ultralow_density, "shuffle_seed": cfg.analysis.shuffle_seed}
-                    keys[n_t] = stable_hash({"dict": cfg_r.dict.to_dict(), "analysis": analysis,
+                    keys[n_t] = stable_hash({"dict": cfg_r.dict.key_dict(), "analysis": analysis,
                                              "fam_a": fams[cfg.seed_a].key, "fam_b": fams[cfg.seed_b].key,
                                              "n": n, "step": step, "n_t": n_t, "v": POINT_VERSION})
                     f = out / "points" / f"{pid}.json"

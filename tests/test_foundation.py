@@ -9,7 +9,8 @@ import torch
 from splitkit import pipeline as P
 from splitkit.activations import ActivationStore, StoreSource, harvest
 from splitkit.cache import Cache, CacheError, check_manifest
-from splitkit.config import ConfigError, CorpusConfig, LMTrainConfig, ModelConfig, TokenizerConfig, parse_sizes
+from splitkit.config import (Config, ConfigError, CorpusConfig, DictConfig, LMTrainConfig, ModelConfig, TokenizerConfig,
+                             get_preset, parse_sizes)
 from splitkit.corpus import CorpusError, Document, load_documents, split_documents
 from splitkit.lm import lm_batch, train_lm
 from splitkit.model import Transformer
@@ -95,6 +96,22 @@ def test_parse_sizes():
     for bad in ("", "abc", "512..300", "0", "512..1000", "-4"):
         with pytest.raises(ConfigError):
             parse_sizes(bad)
+
+
+def test_dict_schedule_reaches_the_trainer_and_round_trips():
+    cfg = get_preset("default")
+    tc = P.trainer_config(cfg)
+    # the default replays the first 2M tokens of the scaling grid's 8M run: warm-up over ~400k tokens
+    assert abs(tc.resolved_l1_warmup_frac * tc.n_steps * tc.batch_size - 400_000) < 2 * tc.batch_size
+    assert tc.resolved_lr_decay_frac == 0.0
+    unset = cfg.with_overrides(dict={"l1_warmup_frac": None, "lr_decay_frac": None})
+    assert P.trainer_config(unset).resolved_lr_decay_frac == 0.2  # the recipe's own schedule
+    # unset fields stay out of cache keys; set ones are in them; configs survive JSON
+    assert "l1_warmup_frac" not in unset.dict.key_dict() and "l1_warmup_frac" in cfg.dict.key_dict()
+    for c in (cfg, unset, get_preset("paper")):
+        assert Config.from_dict(json.loads(json.dumps(c.to_dict()))) == c
+    with pytest.raises(ConfigError):
+        DictConfig(lr_decay_frac=1.5)
 
 
 def _tiny_tokens(n=20000, vocab=64, seed=0):
