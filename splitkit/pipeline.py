@@ -286,8 +286,9 @@ def trainer_config(cfg: Config):
     return TrainerConfig(recipe=dc.recipe, lr=dc.lr, l1_coeff=dc.l1_coeff,
                          k=dc.k if dc.recipe == "topk" else None, n_steps=n_steps, batch_size=dc.batch_size,
                          matmul_dtype=dc.matmul_dtype, seed=dc.seed, snapshot_steps=snaps,
-                         checkpoint_every=dc.checkpoint_every, l1_warmup_frac=dc.l1_warmup_frac,
-                         lr_decay_frac=dc.lr_decay_frac)
+                         checkpoint_every=dc.checkpoint_every, lr_decay_frac=dc.lr_decay_frac,
+                         l1_warmup_frac=None if dc.l1_warmup_tokens is None
+                         else min(1.0, dc.l1_warmup_tokens / (n_steps * dc.batch_size)))
 
 
 def family_artifact(cfg: Config, store) -> Artifact:

@@ -94,7 +94,7 @@ def recipe_config(cfg: Config, sc: ScalingConfig, recipe: str) -> Config:
     """The pipeline config of one recipe's families: all sizes, snapshots at every budget but the last."""
     # the recipe's own schedule over the whole run; budgets are snapshots of it
     d = {"sizes": tuple(sc.sizes), "recipe": recipe, "n_tokens": sc.budgets[-1],
-         "snapshot_tokens": tuple(sc.budgets[:-1]), "l1_warmup_frac": None, "lr_decay_frac": None}
+         "snapshot_tokens": tuple(sc.budgets[:-1]), "l1_warmup_tokens": None, "lr_decay_frac": None}
     if recipe == "topk":
         d["k"] = sc.topk_k
     else:
@@ -211,7 +211,7 @@ def run_scaling(cfg: Config, sc: ScalingConfig, out: str | Path, progress: bool 
     and measure nothing, return the points finished so far (e.g. while the grid runs elsewhere).
     """
     from . import pipeline as P
-    from .report.common import git_revision
+    from .report.common import command_line, git_revision
 
     out = Path(out)
     (out / "points").mkdir(parents=True, exist_ok=True)
@@ -226,7 +226,7 @@ def run_scaling(cfg: Config, sc: ScalingConfig, out: str | Path, progress: bool 
                           f"holds {avail_windows:,}; lower --analysis-tokens or use a larger --corpus")
     neuron_cache: dict = {}
     rows = []
-    revision = git_revision()
+    revision = {"git_revision": git_revision(), "command": command_line()}
     for recipe in sc.recipes:
         cfg_r = recipe_config(cfg, sc, recipe)
         fams = {}
@@ -297,7 +297,7 @@ def _measure(cfg, cfg_r, sc, recipe, n, budget, step, todo, keys, fams, neuron_c
                                    cfg.analysis.shuffle_seed)
         neur = _neuron_baseline(cfg, n_t, neuron_cache, progress)
         row = {
-            "id": point_id(recipe, n, budget, n_t), "key": keys[n_t], "git_revision": revision,
+            "id": point_id(recipe, n, budget, n_t), "key": keys[n_t], **revision,
             "recipe": recipe, "n_features": n, "sae_tokens_budget": budget, "sae_tokens": int(tokens),
             "snapshot_step": step, "analysis_tokens": int(n_t),
             **_flat("features_paper", fig["paper"]), **_flat("features_all_alive", fig["all_alive"]),

@@ -50,7 +50,7 @@ def _friendly_errors(rank: int):
 
 
 def main(argv: list[str] | None = None) -> int:
-    from splitkit.config import ConfigError, parse_sizes
+    from splitkit.config import ConfigError, parse_sizes, parse_token_count
 
     rank = int(os.environ.get("RANK", "0"))
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -67,6 +67,10 @@ def main(argv: list[str] | None = None) -> int:
                                                  "(default: the preset's)")
     p.add_argument("--recipe", default=None, choices=["paper", "l1_decnorm", "topk"],
                    help="dictionary training recipe (default: the preset's)")
+    p.add_argument("--sae-tokens", default=None,
+                   help="tokens each dictionary trains on, e.g. '2M' or '8M' (default: the preset's)")
+    p.add_argument("--l1-coeff", type=float, default=None,
+                   help="sparsity penalty lambda of the L1 recipes (default: the preset's; see docs/recipes.md)")
     p.add_argument("--mode", default="sizes", choices=list(MODES),
                    help="sizes: deal the dictionaries to the processes (bitwise equal to one process); "
                         "data: split every batch over the processes and average the gradients (one large size)")
@@ -89,6 +93,12 @@ def main(argv: list[str] | None = None) -> int:
             d["sizes"] = parse_sizes(args.sizes)
         if args.recipe:
             d["recipe"] = args.recipe
+        if args.sae_tokens is not None:
+            d["n_tokens"] = parse_token_count(args.sae_tokens, "--sae-tokens")
+        if args.l1_coeff is not None:
+            if not args.l1_coeff > 0:
+                raise ConfigError(f"--l1-coeff must be a positive number, got {args.l1_coeff}")
+            d["l1_coeff"] = args.l1_coeff
         if d:
             over["dict"] = d
         cfg = cfg.with_overrides(**over)

@@ -21,10 +21,14 @@ def main(argv=None) -> int:
     p.add_argument("--seed-b", type=int, default=None, help="seed of transformer B (must differ from A's)")
     p.add_argument("--recipe", default=None, choices=["paper", "l1_decnorm", "topk"],
                    help="dictionary training recipe (default: the preset's; see docs/recipes.md)")
+    p.add_argument("--sae-tokens", default=None,
+                   help="tokens each dictionary trains on, e.g. '2M' or '8M' (default: the preset's)")
+    p.add_argument("--l1-coeff", type=float, default=None,
+                   help="sparsity penalty lambda of the L1 recipes (default: the preset's; see docs/recipes.md)")
     p.add_argument("--out", default="results/universality", help="output folder")
     args = p.parse_args(argv)
     with friendly_errors():
-        from splitkit.config import ConfigError
+        from splitkit.config import ConfigError, parse_token_count
 
         cfg = config_from_args(args)
         over = {}
@@ -39,6 +43,12 @@ def main(argv=None) -> int:
             d["sizes"] = (args.size,)
         if args.recipe:
             d["recipe"] = args.recipe
+        if args.sae_tokens is not None:
+            d["n_tokens"] = parse_token_count(args.sae_tokens, "--sae-tokens")
+        if args.l1_coeff is not None:
+            if not args.l1_coeff > 0:
+                raise ConfigError(f"--l1-coeff must be a positive number, got {args.l1_coeff}")
+            d["l1_coeff"] = args.l1_coeff
         if d:
             over["dict"] = d
         cfg = cfg.with_overrides(**over)

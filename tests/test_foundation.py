@@ -104,14 +104,15 @@ def test_dict_schedule_reaches_the_trainer_and_round_trips():
     # the default replays the first 2M tokens of the scaling grid's 8M run: warm-up over ~400k tokens
     assert abs(tc.resolved_l1_warmup_frac * tc.n_steps * tc.batch_size - 400_000) < 2 * tc.batch_size
     assert tc.resolved_lr_decay_frac == 0.0
-    unset = cfg.with_overrides(dict={"l1_warmup_frac": None, "lr_decay_frac": None})
+    unset = cfg.with_overrides(dict={"l1_warmup_tokens": None, "lr_decay_frac": None})
     assert P.trainer_config(unset).resolved_lr_decay_frac == 0.2  # the recipe's own schedule
     # unset fields stay out of cache keys; set ones are in them; configs survive JSON
-    assert "l1_warmup_frac" not in unset.dict.key_dict() and "l1_warmup_frac" in cfg.dict.key_dict()
+    assert "l1_warmup_tokens" not in unset.dict.key_dict() and "l1_warmup_tokens" in cfg.dict.key_dict()
     for c in (cfg, unset, get_preset("paper")):
         assert Config.from_dict(json.loads(json.dumps(c.to_dict()))) == c
-    with pytest.raises(ConfigError):
-        DictConfig(lr_decay_frac=1.5)
+    for bad in ({"lr_decay_frac": 1.5}, {"l1_warmup_tokens": -1}):
+        with pytest.raises(ConfigError):
+            DictConfig(**bad)
 
 
 def _tiny_tokens(n=20000, vocab=64, seed=0):

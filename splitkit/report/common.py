@@ -24,6 +24,15 @@ def git_revision(root: Path | None = None) -> str:
         return "unknown"
 
 
+def command_line() -> str | None:
+    """The command as typed: ``python -m studies.universality --quiet`` rather than the module's path."""
+    if not sys.argv:
+        return None
+    spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+    head = ["python", "-m", spec.name] if spec is not None and spec.name else ["python", sys.argv[0]]
+    return " ".join(head + sys.argv[1:])
+
+
 def provenance() -> dict:
     """Code version, command line and library versions: enough to reproduce a figure from its file."""
     import numpy
@@ -31,7 +40,7 @@ def provenance() -> dict:
 
     return {
         "git_revision": git_revision(),
-        "command": " ".join([Path(sys.executable).name, *sys.argv]) if sys.argv else None,
+        "command": command_line(),
         "python": sys.version.split()[0],
         "torch": torch.__version__,
         "numpy": numpy.__version__,

@@ -40,26 +40,42 @@ def _style(recipes: list[str], recipe: str, sizes: list[int], n: int) -> dict:
     return {"ls": ls, "color": matplotlib.colormaps[cmap](shade), "marker": "o", "ms": 3}
 
 
+def _tok(v: float) -> str:
+    """Token count as a short label: 999,424 -> '1M', 499,712 -> '0.5M', 30,000 -> '30k'."""
+    return f"{v / 1e6:.2g}M" if v >= 2e5 else f"{v / 1e3:.2g}k"
+
+
 def _panels_vs(d: pd.DataFrame, axes, panels, x: str, xlabel: str) -> None:
     """One line per recipe and size of column ``col`` against ``x`` in each ``(col, title)`` panel."""
     recipes, sizes = list(dict.fromkeys(d["recipe"])), sorted(d["n_features"].unique())
+    ticks = sorted(d[x].unique())
     for ax, (col, title) in zip(axes, panels):
         for label, recipe, g in _lines(d):
             ax.plot(g[x], g[col], label=label, **_style(recipes, recipe, sizes, g["n_features"].iloc[0]))
         ax.set_xscale("log")
+        ax.set_xticks(ticks, [_tok(t) for t in ticks], minor=False)
+        ax.set_xticks([], minor=True)
         ax.set_xlabel(xlabel)
         ax.set_title(title, fontsize=9)
 
 
+def main_analysis_tokens(df: pd.DataFrame) -> int:
+    """The analysis-set size the per-budget figures use: the largest one measured at the most points
+    (the grid measures every budget on one set and only some budgets on every set)."""
+    counts = df.groupby("analysis_tokens").size()
+    return int(counts[counts == counts.max()].index.max())
+
+
 def fig_vs_tokens(df: pd.DataFrame):
     plt = _plt()
-    nt = df["analysis_tokens"].max()
+    nt = main_analysis_tokens(df)
     d = df[df["analysis_tokens"] == nt]
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
     _panels_vs(d, axes, [("features_paper_median", "features the paper counts (dead, ultralow left out)"),
                          ("features_all_alive_median", "all alive features")], "sae_tokens", "SAE training tokens")
     for ax in axes:
         ax.axhline(d["neurons_median"].iloc[0], color="k", lw=1.2, label="neurons")
+        ax.axhline(d["neurons_median"].iloc[0] + 0.2, color="k", lw=0.8, ls="--", label="neurons + 0.2")
         ax.axhline(d["chance_paper_median"].median(), color="grey", lw=1, ls=":", label="chance (shuffled)")
     axes[0].set_ylabel(f"median max activation correlation\n(over {nt:,} analysis tokens)")
     axes[1].legend(fontsize=7, loc="lower left")
@@ -67,9 +83,37 @@ def fig_vs_tokens(df: pd.DataFrame):
     return fig
 
 
+def fig_tradeoff(df: pd.DataFrame):
+    """Universality against loss recovered (the worse of runs A and B), one line per recipe and size
+    through its budgets: what reconstruction costs in cross-seed match."""
+    plt = _plt()
+    nt = main_analysis_tokens(df)
+    d = df[df["analysis_tokens"] == nt].copy()
+    d["lr_min"] = d[["loss_recovered_zero_a", "loss_recovered_zero_b"]].min(axis=1)
+    recipes, sizes = list(dict.fromkeys(d["recipe"])), sorted(d["n_features"].unique())
+    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    for label, recipe, g in _lines(d):
+        g = g.sort_values("sae_tokens")
+        ax.plot(g["lr_min"], g["features_paper_median"], label=label,
+                **_style(recipes, recipe, sizes, g["n_features"].iloc[0]))
+        for _, r in g.iterrows():
+            l0 = max(r["l0_a"], r["l0_b"])
+            ax.annotate(f"{_tok(r['sae_tokens'])}, L0 {l0:.0f}", (r["lr_min"], r["features_paper_median"]),
+                        fontsize=6, xytext=(3, 3), textcoords="offset points")
+    neu = d["neurons_median"].iloc[0]
+    ax.axhline(neu, color="k", lw=1.2, label="neurons")
+    ax.axhline(neu + 0.2, color="k", lw=0.8, ls="--", label="neurons + 0.2")
+    ax.axvline(0.85, color="grey", lw=0.8, ls="--", label="loss recovered 85%")
+    ax.set_xlabel("loss recovered (zero ablation), worse of runs A and B")
+    ax.set_ylabel(f"features (paper's count): median max correlation\n(over {nt:,} analysis tokens)")
+    ax.set_title("Universality against reconstruction (labels: SAE tokens, larger L0 of A and B)", fontsize=9)
+    ax.legend(fontsize=7, loc="lower left")
+    return fig
+
+
 def fig_health(df: pd.DataFrame):
     plt = _plt()
-    d = df[df["analysis_tokens"] == df["analysis_tokens"].max()]
+    d = df[df["analysis_tokens"] == main_analysis_tokens(df)]
     fig, axes = plt.subplots(1, 3, figsize=(14, 4))
     _panels_vs(d, axes, [("dead_frac_a", "dead fraction (run A, analysis tokens)"),
                          ("ultralow_frac_a", "ultralow-density fraction (run A)"),
@@ -81,11 +125,15 @@ def fig_health(df: pd.DataFrame):
 
 def fig_vs_analysis(df: pd.DataFrame):
     plt = _plt()
-    last = df.groupby(["recipe", "n_features"])["sae_tokens"].transform("max")
-    d = df[df["sae_tokens"] == last]
+    # per recipe and size, the budget measured on the most analysis sets (the largest on a tie)
+    n_sets = df.groupby(["recipe", "n_features", "sae_tokens"])["analysis_tokens"].transform("size")
+    d = df.assign(_n=n_sets).sort_values(["_n", "sae_tokens"])
+    best = d.groupby(["recipe", "n_features"], sort=False).tail(1)[["recipe", "n_features", "sae_tokens"]]
+    d = df.merge(best, on=["recipe", "n_features", "sae_tokens"])
+    budgets = ", ".join(sorted({_tok(t) for t in d["sae_tokens"]}))
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
-    _panels_vs(d, axes, [("features_paper_median", "features the paper counts (largest SAE budget)"),
-                         ("features_all_alive_median", "all alive features (largest SAE budget)")],
+    _panels_vs(d, axes, [("features_paper_median", f"features the paper counts (SAE budget {budgets})"),
+                         ("features_all_alive_median", f"all alive features (SAE budget {budgets})")],
                "analysis_tokens", "analysis tokens the correlations run over")
     nn = d.drop_duplicates("analysis_tokens").sort_values("analysis_tokens")
     for ax in axes:
@@ -103,7 +151,7 @@ def fig_density(points: list[dict]):
     with_curve = [p for p in points if p.get("density_curve_features")]
     if not with_curve:
         return None
-    nt = max(p["analysis_tokens"] for p in with_curve)
+    nt = main_analysis_tokens(pd.DataFrame(with_curve))
     best = {}
     for p in with_curve:
         if p["analysis_tokens"] == nt and p["sae_tokens"] >= best.get(p["recipe"], {}).get("sae_tokens", -1):
@@ -133,6 +181,7 @@ def write_scaling(out: Path, df: pd.DataFrame, cfg, sc, extra: dict | None = Non
     if len(df):
         figs["vs_tokens"] = save_figure(fig_vs_tokens(df), out / "universality_vs_sae_tokens")
         figs["health"] = save_figure(fig_health(df), out / "dead_and_loss_vs_sae_tokens")
+        figs["tradeoff"] = save_figure(fig_tradeoff(df), out / "universality_vs_loss_recovered")
         figs["vs_analysis"] = save_figure(fig_vs_analysis(df), out / "universality_vs_analysis_tokens")
         fd = fig_density(points)
         if fd is not None:
@@ -174,7 +223,7 @@ def headline(df: pd.DataFrame) -> list[dict]:
     """One line per recipe and size: the largest budget on the largest analysis set."""
     if not len(df):
         return []
-    nt = df["analysis_tokens"].max()
+    nt = main_analysis_tokens(df)
     d = df[df["analysis_tokens"] == nt]
     out = []
     for (recipe, n), g in d.groupby(["recipe", "n_features"], sort=False):
@@ -205,7 +254,7 @@ def report(summary: dict, flat: pd.DataFrame) -> str:
         f"{summary['n_points']} grid points. Paper (A/1 vs B/1): features {PAPER_FIGURES['features_median_max_act_corr']}, "
         f"neurons {PAPER_FIGURES['neurons_median_max_act_corr']}, over ~41M tokens.",
         "",
-        "## Largest budget, largest analysis set",
+        "## Largest budget (on the analysis set measured at the most points)",
         "",
         "| recipe | n | SAE tokens | features (paper count) | n counted | all alive | neurons | chance | "
         "dead | ultralow | L0 | loss rec. (zero) | loss rec. (mean) | FVU |",
@@ -219,14 +268,15 @@ def report(summary: dict, flat: pd.DataFrame) -> str:
     figs = summary.get("figures", {})
     for key, caption in (("vs_tokens", "Universality vs SAE training tokens (neurons and chance as lines)"),
                          ("health", "Dead and ultralow fractions and loss recovered vs SAE tokens"),
+                         ("tradeoff", "Universality against loss recovered (each line runs through its budgets)"),
                          ("vs_analysis", "Universality vs the number of analysis tokens"),
                          ("density", "Max correlation against firing density, features and neurons")):
         if key in figs:
             lines += ["", f"### {caption}", "", f"![{caption}]({figs[key][0]})"]
     lines += ["", "## Every grid point", "", "Columns: `scaling.csv`; definitions in `summary.json`.", ""]
     cols = ["recipe", "n_features", "sae_tokens", "analysis_tokens", "features_paper_median", "features_all_alive_median",
-            "neurons_median", "chance_paper_median", "dead_frac_a", "loss_recovered_zero_a", "l0_a",
-            "family_train_s_to_budget"]
+            "neurons_median", "chance_paper_median", "dead_frac_a", "loss_recovered_zero_a", "loss_recovered_zero_b",
+            "l0_a", "l0_b", "family_train_s_to_budget"]
     lines.append("| " + " | ".join(cols) + " |")
     lines.append("|" + "---|" * len(cols))
     for _, r in (flat[cols] if len(flat) else pd.DataFrame(columns=cols)).iterrows():
