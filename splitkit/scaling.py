@@ -7,7 +7,8 @@ depends on:
 
 - ``recipes``: the paper's (L1, unit-norm decoder, resampling) and later ones (``docs/recipes.md``);
 - ``sizes``: dictionary sizes, trained together as one family per recipe and run (one pass);
-- ``budgets``: SAE training tokens, each a snapshot of the same training run;
+- ``budgets``: SAE training tokens, each a snapshot of the same training run (``paper_budgets``
+  for the paper recipe, where set);
 - ``analysis_tokens``: how many held-out tokens the correlations run over (prefixes of one store).
 
 Every grid point is a pure function of cached artifacts (families, feature activations) and is
@@ -50,6 +51,10 @@ class ScalingConfig(_Section):
     recipes: tuple[str, ...] = ("l1_decnorm", "paper", "topk")
     sizes: tuple[int, ...] = (1024, 2048, 4096)
     budgets: tuple[int, ...] = (500_000, 1_000_000, 2_000_000, 4_000_000, 8_000_000)
+    # The paper recipe's budgets, when they differ (None: ``budgets``). By default the same 16x span
+    # one octave lower, 0.25M-4M: its families (three sizes, resampling) train at about 3k tokens/s
+    # on the 2-core CPU, and 8M tokens for both runs would take most of two working sessions.
+    paper_budgets: tuple[int, ...] | None = (250_000, 500_000, 1_000_000, 2_000_000, 4_000_000)
     analysis_tokens: tuple[int, ...] = (250_000, 500_000, 1_000_000, 2_000_000, 4_000_000)
     # lambdas that give L0 ~15-20 at 4096 features on the stdlib LMs (measured: docs/results.md)
     paper_l1_coeff: float = 1.2e-3
@@ -64,22 +69,32 @@ class ScalingConfig(_Section):
                 object.__setattr__(self, name, tuple(v))
             if not getattr(self, name):
                 raise ConfigError(f"scaling.{name} must not be empty")
+        if self.paper_budgets is not None and not self.paper_budgets:
+            raise ConfigError("scaling.paper_budgets must be None (the same as budgets) or not empty")
         bad = [r for r in self.recipes if r not in ("paper", "l1_decnorm", "topk")]
         if bad:
             raise ConfigError(f"scaling.recipes: unknown recipe(s) {bad}; choose from paper, l1_decnorm, topk")
-        for name in ("sizes", "budgets", "analysis_tokens"):
+        if isinstance(self.paper_budgets, list):
+            object.__setattr__(self, "paper_budgets", tuple(self.paper_budgets))
+        for name in ("sizes", "budgets", "analysis_tokens") + (("paper_budgets",) if self.paper_budgets else ()):
             v = getattr(self, name)
             if any((not isinstance(x, int)) or x <= 0 for x in v) or list(v) != sorted(set(v)):
                 raise ConfigError(f"scaling.{name} must be increasing positive integers, got {list(v)}")
 
+    def budgets_for(self, recipe: str) -> tuple[int, ...]:
+        """The SAE budgets of ``recipe``'s families (the largest ends the run)."""
+        return self.paper_budgets if recipe == "paper" and self.paper_budgets else self.budgets
+
 
 SCALING_PRESETS = {
     "smoke": ScalingConfig(recipes=("l1_decnorm", "paper"), sizes=(64, 128), budgets=(20_480, 40_960, 81_920),
+                           paper_budgets=None,
                            analysis_tokens=(10_000, 30_000), paper_l1_coeff=1e-3, l1_decnorm_coeff=1e-3,
                            topk_k=8, density_bins_at=128),
     "default": ScalingConfig(),
     "paper": ScalingConfig(recipes=("paper", "l1_decnorm", "topk"), sizes=(1024, 2048, 4096, 8192, 16384),
-                           budgets=(1 << 22, 1 << 24, 1 << 26, 1 << 28), analysis_tokens=(1 << 20, 1 << 22, 1 << 24),
+                           budgets=(1 << 22, 1 << 24, 1 << 26, 1 << 28), paper_budgets=None,
+                           analysis_tokens=(1 << 20, 1 << 22, 1 << 24),
                            density_bins_at=4096),
 }
 
@@ -93,8 +108,9 @@ def get_scaling_preset(name: str) -> ScalingConfig:
 def recipe_config(cfg: Config, sc: ScalingConfig, recipe: str) -> Config:
     """The pipeline config of one recipe's families: all sizes, snapshots at every budget but the last."""
     # the recipe's own schedule over the whole run; budgets are snapshots of it
-    d = {"sizes": tuple(sc.sizes), "recipe": recipe, "n_tokens": sc.budgets[-1],
-         "snapshot_tokens": tuple(sc.budgets[:-1]), "l1_warmup_tokens": None, "lr_decay_frac": None}
+    budgets = sc.budgets_for(recipe)
+    d = {"sizes": tuple(sc.sizes), "recipe": recipe, "n_tokens": budgets[-1],
+         "snapshot_tokens": tuple(budgets[:-1]), "l1_warmup_tokens": None, "lr_decay_frac": None}
     if recipe == "topk":
         d["k"] = sc.topk_k
     else:
@@ -107,7 +123,7 @@ def budget_steps(cfg_r: Config, sc: ScalingConfig) -> list[tuple[int, int | None
     bs = cfg_r.dict.batch_size
     n_steps = max(1, cfg_r.dict.n_tokens // bs)
     out = []
-    for b in sc.budgets:
+    for b in sc.budgets_for(cfg_r.dict.recipe):
         step = max(1, b // bs)
         out.append((b, None if step >= n_steps else step))
     return out

@@ -51,6 +51,32 @@ def config_from_args(args):
     return cfg
 
 
+def add_dict_args(p: argparse.ArgumentParser) -> None:
+    """Dictionary options shared by the studies that train dictionaries."""
+    p.add_argument("--recipe", default=None, choices=["paper", "l1_decnorm", "topk"],
+                   help="dictionary training recipe (default: the preset's; see docs/recipes.md)")
+    p.add_argument("--sae-tokens", default=None,
+                   help="tokens each dictionary trains on, e.g. '2M' or '8M' (default: the preset's)")
+    p.add_argument("--l1-coeff", type=float, default=None,
+                   help="sparsity penalty lambda of the L1 recipes (default: the preset's; see docs/recipes.md)")
+
+
+def dict_overrides(args) -> dict:
+    """The ``dict`` section overrides that ``add_dict_args``'s options ask for."""
+    from splitkit.config import ConfigError, parse_token_count
+
+    d = {}
+    if args.recipe:
+        d["recipe"] = args.recipe
+    if args.sae_tokens is not None:
+        d["n_tokens"] = parse_token_count(args.sae_tokens, "--sae-tokens")
+    if args.l1_coeff is not None:
+        if not args.l1_coeff > 0:
+            raise ConfigError(f"--l1-coeff must be a positive number, got {args.l1_coeff}")
+        d["l1_coeff"] = args.l1_coeff
+    return d
+
+
 @contextmanager
 def friendly_errors():
     """Known user errors end in one line naming the fix, not a traceback."""

@@ -25,7 +25,7 @@ import torch
 import torch.distributed as dist
 
 from splitkit.distributed import MODES, train_pipeline_family
-from studies._common import base_parser, config_from_args
+from studies._common import add_dict_args, base_parser, config_from_args, dict_overrides
 
 
 @contextmanager
@@ -50,7 +50,7 @@ def _friendly_errors(rank: int):
 
 
 def main(argv: list[str] | None = None) -> int:
-    from splitkit.config import ConfigError, parse_sizes, parse_token_count
+    from splitkit.config import ConfigError, parse_sizes
 
     rank = int(os.environ.get("RANK", "0"))
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -65,12 +65,7 @@ def main(argv: list[str] | None = None) -> int:
                                                           "is trained on (default: the preset's seed A)")
     p.add_argument("--sizes", default=None, help="dictionary sizes: '4096', '512,1024,4096' or '512..131072' "
                                                  "(default: the preset's)")
-    p.add_argument("--recipe", default=None, choices=["paper", "l1_decnorm", "topk"],
-                   help="dictionary training recipe (default: the preset's)")
-    p.add_argument("--sae-tokens", default=None,
-                   help="tokens each dictionary trains on, e.g. '2M' or '8M' (default: the preset's)")
-    p.add_argument("--l1-coeff", type=float, default=None,
-                   help="sparsity penalty lambda of the L1 recipes (default: the preset's; see docs/recipes.md)")
+    add_dict_args(p)
     p.add_argument("--mode", default="sizes", choices=list(MODES),
                    help="sizes: deal the dictionaries to the processes (bitwise equal to one process); "
                         "data: split every batch over the processes and average the gradients (one large size)")
@@ -91,14 +86,7 @@ def main(argv: list[str] | None = None) -> int:
         d: dict[str, Any] = {}
         if args.sizes is not None:
             d["sizes"] = parse_sizes(args.sizes)
-        if args.recipe:
-            d["recipe"] = args.recipe
-        if args.sae_tokens is not None:
-            d["n_tokens"] = parse_token_count(args.sae_tokens, "--sae-tokens")
-        if args.l1_coeff is not None:
-            if not args.l1_coeff > 0:
-                raise ConfigError(f"--l1-coeff must be a positive number, got {args.l1_coeff}")
-            d["l1_coeff"] = args.l1_coeff
+        d.update(dict_overrides(args))
         if d:
             over["dict"] = d
         cfg = cfg.with_overrides(**over)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import sys
 import time
 
-from studies._common import base_parser, config_from_args, friendly_errors
+from studies._common import add_dict_args, base_parser, config_from_args, dict_overrides, friendly_errors
 
 
 def main(argv=None) -> int:
@@ -19,16 +19,11 @@ def main(argv=None) -> int:
     p.add_argument("--size", type=int, default=None, help="dictionary size (features) of A and B (default: the preset's)")
     p.add_argument("--seed-a", type=int, default=None, help="seed of transformer A")
     p.add_argument("--seed-b", type=int, default=None, help="seed of transformer B (must differ from A's)")
-    p.add_argument("--recipe", default=None, choices=["paper", "l1_decnorm", "topk"],
-                   help="dictionary training recipe (default: the preset's; see docs/recipes.md)")
-    p.add_argument("--sae-tokens", default=None,
-                   help="tokens each dictionary trains on, e.g. '2M' or '8M' (default: the preset's)")
-    p.add_argument("--l1-coeff", type=float, default=None,
-                   help="sparsity penalty lambda of the L1 recipes (default: the preset's; see docs/recipes.md)")
+    add_dict_args(p)
     p.add_argument("--out", default="results/universality", help="output folder")
     args = p.parse_args(argv)
     with friendly_errors():
-        from splitkit.config import ConfigError, parse_token_count
+        from splitkit.config import ConfigError
 
         cfg = config_from_args(args)
         over = {}
@@ -41,14 +36,7 @@ def main(argv=None) -> int:
             if args.size <= 0:
                 raise ConfigError(f"--size must be a positive number of features, got {args.size}")
             d["sizes"] = (args.size,)
-        if args.recipe:
-            d["recipe"] = args.recipe
-        if args.sae_tokens is not None:
-            d["n_tokens"] = parse_token_count(args.sae_tokens, "--sae-tokens")
-        if args.l1_coeff is not None:
-            if not args.l1_coeff > 0:
-                raise ConfigError(f"--l1-coeff must be a positive number, got {args.l1_coeff}")
-            d["l1_coeff"] = args.l1_coeff
+        d.update(dict_overrides(args))
         if d:
             over["dict"] = d
         cfg = cfg.with_overrides(**over)

@@ -24,7 +24,8 @@ def main(argv=None) -> int:
                    help="comma-separated training recipes: paper, l1_decnorm, topk (default: the preset's grid)")
     p.add_argument("--sizes", default=None, help="dictionary sizes, e.g. '1024,2048,4096' or '1024..4096'")
     p.add_argument("--budgets", default=None,
-                   help="SAE training tokens at which to measure, e.g. '500k,1M,2M,4M,8M' (the largest ends the run)")
+                   help="SAE training tokens at which to measure, e.g. '500k,1M,2M,4M,8M' (the largest ends the run), "
+                        "for every recipe (default: the preset's; the default preset's paper recipe uses 0.25M-4M)")
     p.add_argument("--analysis-tokens", default=None,
                    help="analysis-set sizes the correlations run over, e.g. '500k,1M,2M,4M'")
     p.add_argument("--seed-a", type=int, default=None, help="seed of transformer A")
@@ -54,6 +55,7 @@ def main(argv=None) -> int:
             grid["sizes"] = tuple(sorted(set(parse_sizes(args.sizes))))
         if args.budgets:
             grid["budgets"] = parse_counts(args.budgets, "--budgets")
+            grid["paper_budgets"] = None  # one set of budgets for every recipe
         if args.analysis_tokens:
             grid["analysis_tokens"] = parse_counts(args.analysis_tokens, "--analysis-tokens")
         sc = get_scaling_preset(args.preset).replace(**grid)

@@ -67,6 +67,9 @@ def test_parse_counts_and_grid_validation():
             parse_counts(bad, "--budgets")
     with pytest.raises(ConfigError, match="increasing"):
         ScalingConfig(budgets=(2_000, 1_000))
+    sc = ScalingConfig(budgets=(1_000, 2_000), paper_budgets=(500, 1_000))
+    assert sc.budgets_for("paper") == (500, 1_000) and sc.budgets_for("l1_decnorm") == (1_000, 2_000)
+    assert ScalingConfig(paper_budgets=None).budgets_for("paper") == ScalingConfig().budgets
     with pytest.raises(ConfigError, match="unknown recipe"):
         ScalingConfig(recipes=("magic",))
 

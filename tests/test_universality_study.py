@@ -46,3 +46,10 @@ def test_bad_arguments_are_one_line_errors(smoke_cfg, tmp_path, capsys):
         study.main(["--preset", "smoke", "--corpus", str(tmp_path / "missing"), "--cache", smoke_cfg.cache_dir])
     assert e.value.code == 2
     assert "no such file" in capsys.readouterr().err
+    for argv, needle in ((["--l1-coeff", "0"], "--l1-coeff"), (["--sae-tokens", "1M,2M"], "one token count"),
+                         (["--sae-tokens", "lots"], "cannot read")):
+        with pytest.raises(SystemExit) as e:
+            study.main(["--preset", "smoke", "--cache", smoke_cfg.cache_dir, *argv])
+        assert e.value.code == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and needle in err[0]
