@@ -70,7 +70,7 @@ def fig_vs_tokens(df: pd.DataFrame):
     plt = _plt()
     nt = main_analysis_tokens(df)
     d = df[df["analysis_tokens"] == nt]
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
+    fig, axes = plt.subplots(1, 2, figsize=(12.5, 4.2), sharey=True, layout="constrained")
     _panels_vs(d, axes, [("features_paper_median", "features the paper counts (dead, ultralow left out)"),
                          ("features_all_alive_median", "all alive features")], "sae_tokens", "SAE training tokens")
     for ax in axes:
@@ -78,36 +78,38 @@ def fig_vs_tokens(df: pd.DataFrame):
         ax.axhline(d["neurons_median"].iloc[0] + 0.2, color="k", lw=0.8, ls="--", label="neurons + 0.2")
         ax.axhline(d["chance_paper_median"].median(), color="grey", lw=1, ls=":", label="chance (shuffled)")
     axes[0].set_ylabel(f"median max activation correlation\n(over {nt:,} analysis tokens)")
-    axes[1].legend(fontsize=7, loc="lower left")
+    axes[1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5))
     fig.suptitle("Universality of features vs SAE training tokens")
     return fig
 
 
 def fig_tradeoff(df: pd.DataFrame):
-    """Universality against loss recovered (the worse of runs A and B), one line per recipe and size
-    through its budgets: what reconstruction costs in cross-seed match."""
+    """Universality against loss recovered (the worse of runs A and B), one panel per recipe and one
+    line per size through its budgets: what reconstruction costs in cross-seed match."""
     plt = _plt()
     nt = main_analysis_tokens(df)
     d = df[df["analysis_tokens"] == nt].copy()
     d["lr_min"] = d[["loss_recovered_zero_a", "loss_recovered_zero_b"]].min(axis=1)
     recipes, sizes = list(dict.fromkeys(d["recipe"])), sorted(d["n_features"].unique())
-    fig, ax = plt.subplots(figsize=(7.5, 4.8))
-    for label, recipe, g in _lines(d):
-        g = g.sort_values("sae_tokens")
-        ax.plot(g["lr_min"], g["features_paper_median"], label=label,
-                **_style(recipes, recipe, sizes, g["n_features"].iloc[0]))
-        for _, r in g.iterrows():
-            l0 = max(r["l0_a"], r["l0_b"])
-            ax.annotate(f"{_tok(r['sae_tokens'])}, L0 {l0:.0f}", (r["lr_min"], r["features_paper_median"]),
-                        fontsize=6, xytext=(3, 3), textcoords="offset points")
+    fig, axes = plt.subplots(1, len(recipes), figsize=(6.5 * len(recipes), 4.8), squeeze=False)
     neu = d["neurons_median"].iloc[0]
-    ax.axhline(neu, color="k", lw=1.2, label="neurons")
-    ax.axhline(neu + 0.2, color="k", lw=0.8, ls="--", label="neurons + 0.2")
-    ax.axvline(0.85, color="grey", lw=0.8, ls="--", label="loss recovered 85%")
-    ax.set_xlabel("loss recovered (zero ablation), worse of runs A and B")
-    ax.set_ylabel(f"features (paper's count): median max correlation\n(over {nt:,} analysis tokens)")
-    ax.set_title("Universality against reconstruction (labels: SAE tokens, larger L0 of A and B)", fontsize=9)
-    ax.legend(fontsize=7, loc="lower left")
+    for ax, recipe in zip(axes[0], recipes):
+        for label, rec, g in _lines(d[d["recipe"] == recipe]):
+            g = g.sort_values("sae_tokens")
+            ax.plot(g["lr_min"], g["features_paper_median"], label=label,
+                    **_style(recipes, rec, sizes, g["n_features"].iloc[0]))
+            for _, r in g.iterrows():
+                l0 = max(r["l0_a"], r["l0_b"])
+                ax.annotate(f"{_tok(r['sae_tokens'])}, L0 {l0:.0f}", (r["lr_min"], r["features_paper_median"]),
+                            fontsize=6, xytext=(3, 3), textcoords="offset points")
+        ax.axhline(neu, color="k", lw=1.2, label="neurons")
+        ax.axhline(neu + 0.2, color="k", lw=0.8, ls="--", label="neurons + 0.2")
+        ax.axvline(0.85, color="grey", lw=0.8, ls="--", label="loss recovered 85%")
+        ax.set_xlabel("loss recovered (zero ablation), worse of runs A and B")
+        ax.set_title(f"{recipe} (labels: SAE tokens, larger L0 of A and B)", fontsize=9)
+        ax.legend(fontsize=7, loc="best")
+    axes[0][0].set_ylabel(f"features (paper's count): median max correlation\n(over {nt:,} analysis tokens)")
+    fig.suptitle("Universality against reconstruction")
     return fig
 
 
