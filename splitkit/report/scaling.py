@@ -222,7 +222,7 @@ COLUMN_DEFINITIONS = {
 
 
 def headline(df: pd.DataFrame) -> list[dict]:
-    """One line per recipe and size: the largest budget on the largest analysis set."""
+    """One line per recipe and size: the largest budget, on the analysis set measured at the most points."""
     if not len(df):
         return []
     nt = main_analysis_tokens(df)
