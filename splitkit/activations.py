@@ -40,6 +40,20 @@ def window_starts(n_available: int, n_ctx: int, n_tokens: int, seed: int | None)
 
 
 @torch.no_grad()
+def iter_window_acts(model: Transformer, tokens: np.ndarray, starts: np.ndarray, batch_size: int = 128,
+                     device: str = "cpu"):
+    """Yield ``(win: [B, n_ctx] tokens, acts: [B * n_ctx, d_mlp] float32)`` for batches of windows ``tokens[s : s + n_ctx]``."""
+    T = model.cfg.n_ctx
+    dev = torch.device(device)
+    model = model.to(dev).eval()
+    for i in range(0, len(starts), batch_size):
+        s = np.asarray(starts[i : i + batch_size])
+        win = np.asarray(tokens[s[:, None] + np.arange(T)[None, :]])
+        acts = model.mlp_acts(torch.from_numpy(win.astype(np.int64)).to(dev))  # [B, T, d]
+        yield win, acts.reshape(-1, acts.shape[-1]).float().cpu().numpy()
+
+
+@torch.no_grad()
 def harvest(
     model: Transformer,
     tokens: np.ndarray,
@@ -66,7 +80,6 @@ def harvest(
     pos_out = np.tile(np.arange(T, dtype=np.int16), len(starts))
     shard, shard_fill, shard_idx, row = None, 0, 0, 0
     bar = tqdm(total=n, desc="harvest", unit="tok", unit_scale=True, disable=not progress, leave=False)
-    dev = torch.device(device)
 
     def flush():
         nonlocal shard, shard_fill, shard_idx
@@ -77,11 +90,7 @@ def harvest(
             shard_idx += 1
         shard, shard_fill = None, 0
 
-    for i in range(0, len(starts), batch_size):
-        s = starts[i : i + batch_size]
-        win = tokens[s[:, None] + np.arange(T)[None, :]]
-        acts = model.mlp_acts(torch.from_numpy(win.astype(np.int64)).to(dev))  # [B, T, d]
-        acts = acts.reshape(-1, d).float().cpu().numpy()
+    for win, acts in iter_window_acts(model, tokens, starts, batch_size, device):
         act_sum += acts.sum(0, dtype=np.float64)
         acts = acts.astype(np_dtype)
         tok_out[row : row + acts.shape[0]] = win.reshape(-1)

@@ -4,6 +4,10 @@ The embedded default corpus is the source of the running interpreter's standard 
 code with English docstrings and comments, about 30 MB, on every machine that runs splitkit.
 A document's split is decided by a hash of its name and ``split_seed`` alone, so adding or removing
 other documents never moves it.
+
+Analysis sets larger than a corpus's analysis split continue into held-out text that every machine
+running splitkit has as well: the Python sources of installed packages (splitkit's own dependencies
+by default, about 145 MB or 40M tokens), read by :func:`load_package_documents`.
 """
 
 from __future__ import annotations
@@ -124,6 +128,67 @@ def _read_parquet(path: Path, column: str) -> list[Document]:
     except Exception as e:  # pyarrow raises several types for missing columns / bad files
         raise CorpusError(f"--corpus {path}: cannot read column {column!r} ({type(e).__name__}: {e})") from None
     return [Document(f"{path.name}:{i}", str(t)) for i, t in enumerate(table.column(column).to_pylist()) if t]
+
+
+def package_root(name: str) -> Path | None:
+    """Folder of the installed top-level package ``name`` (found without importing it), or None."""
+    import importlib.util
+
+    try:
+        spec = importlib.util.find_spec(name)
+    except (ImportError, ValueError):
+        return None
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def package_version(name: str) -> str | None:
+    """Version of the distribution that provides top-level package ``name`` (e.g. sklearn -> scikit-learn)."""
+    import importlib.metadata as md
+
+    for dist in md.packages_distributions().get(name, [name]):
+        try:
+            return md.version(dist)
+        except md.PackageNotFoundError:
+            continue
+    return None
+
+
+def load_package_documents(packages: tuple[str, ...], exclude: set[str] = frozenset(),
+                           order_seed: int = 0) -> tuple[list[Document], dict]:
+    """The ``.py`` sources of installed ``packages`` as documents, for analysis sets past the corpus.
+
+    A file whose text equals one in ``exclude`` (sha256 hex digests of texts, e.g. the training
+    corpus's documents) or an earlier file (vendored copies) is dropped, so no text the language
+    models trained on comes back as "held out". Documents are ordered by a seeded hash of their name,
+    so any prefix of the stream is a mixed sample of all the packages, not the first one's files.
+
+    Returns the documents and ``{package: {"version", "root", "n_docs", "n_chars"}}``; a package
+    that is not installed is listed with ``root: None`` and contributes nothing.
+    """
+    seen = set(exclude)
+    docs, info = [], {}
+    for name in packages:
+        root = package_root(name)
+        info[name] = {"version": package_version(name), "root": None if root is None else str(root),
+                      "n_docs": 0, "n_chars": 0}
+        if root is None:
+            continue
+        for d in _iter_folder(root, "**/*.py", skip_site_packages=False):
+            h = text_digest(d.text)
+            if h in seen or not d.text.strip():
+                continue
+            seen.add(h)
+            docs.append(Document(f"{name}/{d.name}", d.text))
+            info[name]["n_docs"] += 1
+            info[name]["n_chars"] += len(d.text)
+    docs.sort(key=lambda d: hashlib.sha256(f"{order_seed}:{d.name}".encode()).digest())
+    return docs, info
+
+
+def text_digest(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def split_of(name: str, fractions: tuple[float, float, float], seed: int) -> str:

@@ -25,7 +25,7 @@ from .config import Config
 log = logging.getLogger("splitkit")
 
 # Code versions of each stage: bump when the stage's output for the same config would change.
-VERSIONS = {"tokens": 2, "lm": 1, "acts": 2, "dicts": 1, "sae_eval": 1, "features": 1}
+VERSIONS = {"tokens": 2, "tokens_extra": 1, "lm": 1, "acts": 2, "dicts": 1, "sae_eval": 1, "features": 1}
 
 
 class PipelineError(RuntimeError):
@@ -138,6 +138,82 @@ def get_tokens(cfg: Config, progress: bool = True) -> TokenData:
         _say(f"tokens: {info['splits']['train']['n_tokens']:,} train / {info['splits']['val']['n_tokens']:,} val / "
              f"{info['splits']['analysis']['n_tokens']:,} analysis ({time.perf_counter() - t0:.0f} s)")
     return TokenData(art.path, art.key)
+
+
+@functools.lru_cache(maxsize=4)
+def _packages_fingerprint(packages: tuple[str, ...]) -> str:
+    """Versions and file listings of the extra packages: an upgrade rebuilds their tokens."""
+    from .corpus import package_root, package_version
+
+    out = {}
+    for name in packages:
+        root = package_root(name)
+        out[name] = {"version": package_version(name),
+                     "listing": None if root is None else _fingerprint(str(root), "**/*.py")["listing"]}
+    return json.dumps(out, sort_keys=True)
+
+
+def get_extra_tokens(cfg: Config, progress: bool = True) -> np.ndarray:
+    """Tokens ``[n]`` of the held-out package sources that extend the analysis split (``analysis.extra_packages``).
+
+    Encoded with the corpus's tokenizer, documents EOT-separated, in the seeded mixed order of
+    :func:`corpus.load_package_documents`; files identical to a corpus document are left out.
+    """
+    from .corpus import corpus_manifest, load_documents, load_package_documents, text_digest
+    from .tokenizer import encode_documents
+
+    pkgs = tuple(cfg.analysis.extra_packages)
+    if not pkgs:
+        raise PipelineError("analysis.extra_packages is empty: analysis sets cannot go past the corpus's analysis split")
+    data = get_tokens(cfg, progress)
+    art = _cache(cfg).artifact("tokens_extra", {"packages": list(pkgs), "order_seed": cfg.corpus.split_seed},
+                               {"tokens": data.key, "packages": _packages_fingerprint(pkgs)}, VERSIONS["tokens_extra"])
+    if not _ready(art):
+        t0 = time.perf_counter()
+        _say(f"reading the Python sources of {', '.join(pkgs)} (held-out analysis text) ...")
+        exclude = {text_digest(d.text) for d in load_documents(cfg.corpus)}
+        docs, info = load_package_documents(pkgs, exclude, order_seed=cfg.corpus.split_seed)
+        if not docs:
+            raise PipelineError(f"none of the packages {list(pkgs)} is installed with Python sources; "
+                                "set analysis.extra_packages or use a larger --corpus")
+        work = art.begin(resume=False)
+        arr, starts = encode_documents(data.tokenizer, [d.text for d in docs])
+        np.save(work / "tokens.npy", arr)
+        np.save(work / "doc_starts.npy", starts)
+        n_chars = sum(len(d.text) for d in docs)
+        atomic_write_json(work / "info.json", {"packages": info, "n_docs": len(docs), "n_tokens": int(len(arr)),
+                                               "n_chars": n_chars, "chars_per_token": n_chars / max(1, len(arr)),
+                                               "build_s": time.perf_counter() - t0})
+        atomic_write_json(work / "corpus_manifest.json", corpus_manifest({"extra": docs}, cfg.corpus))
+        art.seal()
+        _say(f"extra analysis text: {len(arr):,} tokens from {len(docs):,} files ({time.perf_counter() - t0:.0f} s)")
+    return np.load(art.path / "tokens.npy", mmap_mode="r")
+
+
+def analysis_tokens(cfg: Config, n_tokens: int, progress: bool = True) -> np.ndarray:
+    """The first ``n_tokens`` of the analysis stream, rounded up to whole ``n_ctx`` windows: ``[n_win * n_ctx]``.
+
+    The stream is the corpus's analysis split (whole windows, in order, the same tokens as the
+    analysis activation store) followed, when more is asked for, by :func:`get_extra_tokens`.
+    """
+    from .config import ConfigError
+
+    T = cfg.model.n_ctx
+    data = get_tokens(cfg, progress)
+    split = data.tokens("analysis")
+    n_split = (len(split) // T) * T
+    need = -(-n_tokens // T) * T
+    if need <= n_split:
+        return np.asarray(split[:need])
+    if not cfg.analysis.extra_packages:
+        raise ConfigError(f"an analysis set of {n_tokens:,} tokens is larger than the corpus's analysis split "
+                          f"({n_split:,}); use a larger --corpus or set analysis.extra_packages")
+    extra = get_extra_tokens(cfg, progress)
+    n_extra = (len(extra) // T) * T
+    if need > n_split + n_extra:
+        raise ConfigError(f"an analysis set of {n_tokens:,} tokens is larger than the analysis split ({n_split:,}) "
+                          f"plus the extra package sources ({n_extra:,}); ask for at most {n_split + n_extra:,}")
+    return np.concatenate([np.asarray(split[:n_split]), np.asarray(extra[: need - n_split]).astype(split.dtype)])
 
 
 def ngram_baselines(train: np.ndarray, val: np.ndarray, vocab_size: int) -> dict:
@@ -368,7 +444,7 @@ def get_features(cfg: Config, seed: int, n: int, snapshot_step: int | None = Non
     import torch
 
     from .features import feature_acts, firing_counts
-    from .metrics import density_stats, evaluate_sae
+    from .metrics import density_stats
 
     from .trainer import resolve_matmul_dtype
 
@@ -390,13 +466,41 @@ def get_features(cfg: Config, seed: int, n: int, snapshot_step: int | None = Non
         sp.save_npz(work / "features.npz", F, compressed=False)
         counts = firing_counts(F)
         np.save(work / "counts.npy", counts)
-        lm = get_lm(cfg, seed, progress)
-        data = get_tokens(cfg, progress)
-        ev = evaluate_sae(lm.model(cfg.device), sae, data.tokens("val"), cfg.lm.eval_tokens,
-                          torch.from_numpy(train_store.mean_acts), device=cfg.device)
+        ev = _evaluate(cfg, seed, sae, train_store, progress)
         stats = {"sae_id": fam.sae_id(n), "n_features": n, "snapshot_step": snapshot_step, **ev,
                  **density_stats(counts, len(store), cfg.analysis.ultralow_density),
                  "l0_analysis": float(F.nnz / len(store))}
         atomic_write_json(work / "stats.json", stats)
         art.seal()
     return FeatureSet(art.path, art.key)
+
+
+def _evaluate(cfg: Config, seed: int, sae, train_store, progress: bool) -> dict:
+    """Reconstruction and loss-recovered metrics of ``sae`` in LM ``seed`` on the validation split."""
+    import torch
+
+    from .metrics import evaluate_sae
+
+    lm = get_lm(cfg, seed, progress)
+    data = get_tokens(cfg, progress)
+    return evaluate_sae(lm.model(cfg.device), sae, data.tokens("val"), cfg.lm.eval_tokens,
+                        torch.from_numpy(train_store.mean_acts), device=cfg.device)
+
+
+def sae_metrics(cfg: Config, seed: int, n: int, snapshot_step: int | None = None, progress: bool = True) -> dict:
+    """``evaluate_sae`` figures (FVU, L0, loss recovered, ...) of dictionary ``n`` of LM ``seed``, cached.
+
+    The same numbers as in ``get_features(...).stats``, for callers that never build the
+    analysis-set feature activations (the streamed analysis sets).
+    """
+    fam = get_family(cfg, seed, progress)
+    train_store = get_acts(cfg, seed, progress=progress)
+    art = _cache(cfg).artifact("sae_eval", {"n": n, "snapshot_step": snapshot_step, "eval_tokens": cfg.lm.eval_tokens},
+                               {"dicts": fam.key}, VERSIONS["sae_eval"])
+    if not _ready(art):
+        work = art.begin(resume=False)
+        ev = _evaluate(cfg, seed, fam.sae(n, snapshot_step, device=cfg.device), train_store, progress)
+        atomic_write_json(work / "stats.json", {"sae_id": fam.sae_id(n), "n_features": n,
+                                                "snapshot_step": snapshot_step, **ev})
+        art.seal()
+    return json.loads((art.path / "stats.json").read_text())

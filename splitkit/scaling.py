@@ -55,12 +55,18 @@ class ScalingConfig(_Section):
     # one octave lower, 0.25M-4M: its families (three sizes, resampling) train at about 3k tokens/s
     # on the 2-core CPU, and 8M tokens for both runs would take most of two working sessions.
     paper_budgets: tuple[int, ...] | None = (250_000, 500_000, 1_000_000, 2_000_000, 4_000_000)
-    analysis_tokens: tuple[int, ...] = (250_000, 500_000, 1_000_000, 2_000_000, 4_000_000)
+    # up to 4M: the stdlib's analysis split (stored); 16M continues into held-out package sources (streamed)
+    analysis_tokens: tuple[int, ...] = (250_000, 500_000, 1_000_000, 2_000_000, 4_000_000, 16_000_000)
     # lambdas that give L0 ~15-20 at 4096 features on the stdlib LMs (measured: docs/results.md)
     paper_l1_coeff: float = 1.2e-3
     l1_decnorm_coeff: float = 1.6e-3
     topk_k: int = 16
     density_bins_at: int = 4096  # size whose per-density curve is kept for every point
+    # Analysis sets past the corpus's analysis split are streamed (``analysis_stream``): every point
+    # costs a pass of its encoders over the whole set (16M tokens: ~5 min per 4096 features and run
+    # on the 2-core CPU). "ends" measures them at each recipe's first and last budget (the analysis
+    # axis's budget and the most trained), "last" at the last only, "all" at every budget.
+    stream_budgets: str = "ends"
 
     def __post_init__(self):
         for name in ("recipes", "sizes", "budgets", "analysis_tokens"):
@@ -71,6 +77,8 @@ class ScalingConfig(_Section):
                 raise ConfigError(f"scaling.{name} must not be empty")
         if self.paper_budgets is not None and not self.paper_budgets:
             raise ConfigError("scaling.paper_budgets must be None (the same as budgets) or not empty")
+        if self.stream_budgets not in ("ends", "last", "all"):
+            raise ConfigError(f"scaling.stream_budgets must be 'ends', 'last' or 'all', got {self.stream_budgets!r}")
         bad = [r for r in self.recipes if r not in ("paper", "l1_decnorm", "topk")]
         if bad:
             raise ConfigError(f"scaling.recipes: unknown recipe(s) {bad}; choose from paper, l1_decnorm, topk")
@@ -85,10 +93,15 @@ class ScalingConfig(_Section):
         """The SAE budgets of ``recipe``'s families (the largest ends the run)."""
         return self.paper_budgets if recipe == "paper" and self.paper_budgets else self.budgets
 
+    def streamed_budgets_for(self, recipe: str) -> tuple[int, ...]:
+        """The budgets of ``recipe`` measured on streamed analysis sets (see ``stream_budgets``)."""
+        b = self.budgets_for(recipe)
+        return {"all": b, "last": b[-1:], "ends": tuple(sorted({b[0], b[-1]}))}[self.stream_budgets]
+
 
 SCALING_PRESETS = {
     "smoke": ScalingConfig(recipes=("l1_decnorm", "paper"), sizes=(64, 128), budgets=(20_480, 40_960, 81_920),
-                           paper_budgets=None,
+                           paper_budgets=None, stream_budgets="all",
                            analysis_tokens=(10_000, 30_000), paper_l1_coeff=1e-3, l1_decnorm_coeff=1e-3,
                            topk_k=8, density_bins_at=128),
     "default": ScalingConfig(),
@@ -105,8 +118,12 @@ def get_scaling_preset(name: str) -> ScalingConfig:
     return SCALING_PRESETS[name]
 
 
-def recipe_config(cfg: Config, sc: ScalingConfig, recipe: str) -> Config:
-    """The pipeline config of one recipe's families: all sizes, snapshots at every budget but the last."""
+def recipe_config(cfg: Config, sc: ScalingConfig, recipe: str, stored_analysis: int | None = None) -> Config:
+    """The pipeline config of one recipe's families: all sizes, snapshots at every budget but the last.
+
+    ``stored_analysis``: tokens of the analysis activation store (the largest analysis size measured
+    from memory; default the largest of the grid).
+    """
     # the recipe's own schedule over the whole run; budgets are snapshots of it
     budgets = sc.budgets_for(recipe)
     d = {"sizes": tuple(sc.sizes), "recipe": recipe, "n_tokens": budgets[-1],
@@ -115,7 +132,7 @@ def recipe_config(cfg: Config, sc: ScalingConfig, recipe: str) -> Config:
         d["k"] = sc.topk_k
     else:
         d["l1_coeff"] = sc.l1_decnorm_coeff if recipe == "l1_decnorm" else sc.paper_l1_coeff
-    return cfg.with_overrides(dict=d, analysis={"n_tokens": sc.analysis_tokens[-1]})
+    return cfg.with_overrides(dict=d, analysis={"n_tokens": stored_analysis or sc.analysis_tokens[-1]})
 
 
 def budget_steps(cfg_r: Config, sc: ScalingConfig) -> list[tuple[int, int | None]]:
@@ -168,10 +185,16 @@ def universality_figures(FA, FB, ultralow_density: float, shuffle_seed: int = 0)
     (``corr``, ``chance``, ``counts``) and the summaries over the ``paper``-counted and all alive units.
     """
     A, B = matching.prepare(FA, "acts A"), matching.prepare(FB, "acts B")  # column statistics once
-    n_tok = A.n_tokens
     corr = matching.max_correlation(A, B, k=1, dtype=np.float32).value[:, 0].astype(np.float64)
     chance = matching.shuffled_baseline(A, B, seed=shuffle_seed, k=1, dtype=np.float32).value[:, 0].astype(np.float64)
-    counts = A.nnz  # [n_a] tokens on which each unit is nonzero
+    return summarize_units(corr, chance, A.nnz, A.n_tokens, ultralow_density)
+
+
+def summarize_units(corr: np.ndarray, chance: np.ndarray, counts: np.ndarray, n_tok: int,
+                    ultralow_density: float) -> dict:
+    """The figures of :func:`universality_figures` from per-unit best-match ``corr [n_a]``, ``chance [n_a]``
+    and firing ``counts [n_a]`` over ``n_tok`` tokens (from memory or from a stream)."""
+    counts = np.asarray(counts)
     alive = counts > 0
     counted = paper_counted(counts, n_tok, ultralow_density)
     return {
@@ -233,18 +256,20 @@ def run_scaling(cfg: Config, sc: ScalingConfig, out: str | Path, progress: bool 
     (out / "points").mkdir(parents=True, exist_ok=True)
     if cfg.seed_a == cfg.seed_b:
         raise ConfigError(f"seed_a and seed_b must differ (both {cfg.seed_a})")
-    max_nt = sc.analysis_tokens[-1]
     avail = P.get_tokens(cfg, progress).info["splits"]["analysis"]["n_tokens"]
     n_ctx = cfg.model.n_ctx
-    avail_windows = (avail // n_ctx) * n_ctx
-    if max_nt > avail_windows:
-        raise ConfigError(f"scaling.analysis_tokens asks for {max_nt:,} tokens but the corpus's analysis split "
-                          f"holds {avail_windows:,}; lower --analysis-tokens or use a larger --corpus")
+    n_split = (avail // n_ctx) * n_ctx
+    # sizes within the corpus's analysis split are measured from stored activations; larger ones
+    # continue into the held-out package sources and are streamed (nothing that large is stored)
+    stored = [n_t for n_t in sc.analysis_tokens if n_t <= n_split]
+    streamed = [n_t for n_t in sc.analysis_tokens if n_t > n_split]
+    if streamed:
+        P.analysis_tokens(cfg, streamed[-1], progress)  # fails early, with what to change, if too large
     neuron_cache: dict = {}
     rows = []
     revision = {"git_revision": git_revision(), "command": command_line()}
     for recipe in sc.recipes:
-        cfg_r = recipe_config(cfg, sc, recipe)
+        cfg_r = recipe_config(cfg, sc, recipe, stored[-1] if stored else None)
         fams = {}
         for seed in (cfg.seed_a, cfg.seed_b):
             t0 = time.perf_counter()
@@ -253,14 +278,20 @@ def run_scaling(cfg: Config, sc: ScalingConfig, out: str | Path, progress: bool 
                 continue
             fams[seed] = P.get_family(cfg_r, seed, progress)
             log(f"[scaling] {recipe}: family of LM seed {seed} ready ({time.perf_counter() - t0:.0f} s)")
+        stream_todo: dict[int, list] = {n_t: [] for n_t in streamed}
         for budget, step in budget_steps(cfg_r, sc):
             for n in sc.sizes:
                 todo = []
                 keys = {}
-                for n_t in sc.analysis_tokens:
+                sizes_here = [n_t for n_t in sc.analysis_tokens
+                              if n_t not in stream_todo or budget in sc.streamed_budgets_for(recipe)]
+                for n_t in sizes_here:
                     pid = point_id(recipe, n, budget, n_t)
                     # only what a point's figures depend on (not, e.g., the universality study's min_count)
                     analysis = {"ultralow_density": cfg.analysis.ultralow_density, "shuffle_seed": cfg.analysis.shuffle_seed}
+                    if n_t in stream_todo:  # what the text and the chance level depend on
+                        analysis.update(extra_packages=list(cfg.analysis.extra_packages),
+                                        stream_chunk=STREAM_CHUNK_TOKENS)
                     keys[n_t] = stable_hash({"dict": cfg_r.dict.key_dict(), "analysis": analysis,
                                              "fam_a": fams[cfg.seed_a].key, "fam_b": fams[cfg.seed_b].key,
                                              "n": n, "step": step, "n_t": n_t, "v": POINT_VERSION})
@@ -273,11 +304,18 @@ def run_scaling(cfg: Config, sc: ScalingConfig, out: str | Path, progress: bool 
                                 continue
                         except ValueError:
                             pass  # a torn file: recompute
-                    todo.append(n_t)
+                    if n_t in stream_todo:
+                        stream_todo[n_t].append((n, budget, step, keys[n_t]))
+                    else:
+                        todo.append(n_t)
                 if not todo or report_only:
                     continue
                 rows.extend(_measure(cfg, cfg_r, sc, recipe, n, budget, step, todo, keys, fams, neuron_cache,
                                      out, revision, progress, log))
+        for n_t, items in stream_todo.items():
+            if items and not report_only:
+                rows.extend(_measure_stream(cfg, cfg_r, sc, recipe, n_t, n_split, items, fams, out, revision,
+                                            progress, log))
     df = pd.DataFrame(rows)
     # the same column order whether a point was just measured or read back from its (sorted) JSON
     lead = [c for c in _LEAD_COLUMNS if c in df.columns]
@@ -297,15 +335,7 @@ def _measure(cfg, cfg_r, sc, recipe, n, budget, step, todo, keys, fams, neuron_c
     fs = {s: P.get_features(cfg_r, s, n, step, progress) for s in (cfg.seed_a, cfg.seed_b)}
     FA_all, FB_all = fs[cfg.seed_a].acts(), fs[cfg.seed_b].acts()
     t_feat = time.perf_counter() - t0
-    fam_a = fams[cfg.seed_a]
-    snap = fam_a.folder / "snapshots" / f"step_{step}" / "snapshot.json" if step is not None else None
-    if snap is not None and snap.is_file():
-        info = json.loads(snap.read_text())
-        tokens, train_s = info["tokens"], info.get("elapsed_s")
-    else:
-        ts = fam_a.train_summary
-        tokens = ts.get("tokens") if step is None else step * cfg_r.dict.batch_size
-        train_s = ts.get("elapsed_total_s", ts.get("elapsed_s")) if step is None else None
+    tokens, train_s = _budget_tokens(cfg_r, fams[cfg.seed_a], step)
     rows = []
     for n_t in todo:
         t1 = time.perf_counter()
@@ -340,6 +370,81 @@ def _measure(cfg, cfg_r, sc, recipe, n, budget, step, todo, keys, fams, neuron_c
             f"{_f(row['chance_paper_median'])} | dead {row['dead_frac_a']:.1%} | LR {_f(row['loss_recovered_zero_a'])}")
         rows.append(row)
     return rows
+
+
+#: tokens per chunk of a streamed analysis set (also the span of its shuffled chance level)
+STREAM_CHUNK_TOKENS = 1 << 20
+
+
+def _measure_stream(cfg, cfg_r, sc, recipe, n_t, n_split, items, fams, out, revision, progress, log) -> list[dict]:
+    """Every point of ``items`` (``(n, budget, step, key)``) on ``n_t`` analysis tokens in one streaming pass."""
+    import torch
+
+    from . import pipeline as P
+    from .analysis_stream import stream_universality
+    from .trainer import resolve_matmul_dtype
+
+    t0 = time.perf_counter()
+    tokens = P.analysis_tokens(cfg, n_t, progress)
+    lms = {s: P.get_lm(cfg, s, progress) for s in (cfg.seed_a, cfg.seed_b)}
+    pairs = {}
+    for n, budget, step, _ in items:
+        pairs[point_id(recipe, n, budget, n_t)] = tuple(fams[s].sae(n, step) for s in (cfg.seed_a, cfg.seed_b))
+    log(f"[scaling] {recipe}: streaming {len(tokens):,} analysis tokens ({min(n_t, n_split):,} from the split, "
+        f"{max(0, len(tokens) - n_split):,} from package sources) through {len(pairs)} dictionary pairs ...")
+    mm = resolve_matmul_dtype(cfg_r.dict.matmul_dtype, torch.device(cfg.device))
+    res, timing = stream_universality(lms[cfg.seed_a].model(cfg.device), lms[cfg.seed_b].model(cfg.device), tokens,
+                                      pairs, chunk_tokens=STREAM_CHUNK_TOKENS, shuffle_seed=cfg.analysis.shuffle_seed,
+                                      matmul_dtype=mm, device=cfg.device, progress=progress)
+    pass_s = time.perf_counter() - t0
+    neur = res["neurons"]
+    neur_fig = summarize_units(neur.corr, neur.chance, neur.counts, neur.n_tokens, 0.0)
+    rows = []
+    for n, budget, step, key in items:
+        pid = point_id(recipe, n, budget, n_t)
+        r = res[pid]
+        fig = summarize_units(r.corr, r.chance, r.counts, r.n_tokens, cfg.analysis.ultralow_density)
+        tokens_seen, train_s = _budget_tokens(cfg_r, fams[cfg.seed_a], step)
+        row = {
+            "id": pid, "key": key, **revision, "recipe": recipe, "n_features": n, "sae_tokens_budget": budget,
+            "sae_tokens": int(tokens_seen), "snapshot_step": step, "analysis_tokens": int(n_t),
+            "analysis_streamed": True, "analysis_split_tokens": int(min(len(tokens), n_split)),
+            "analysis_extra_tokens": int(max(0, len(tokens) - n_split)),
+            "chance_shuffle": f"B's tokens permuted within chunks of {timing['chunk_tokens']:,}",
+            **_flat("features_paper", fig["paper"]), **_flat("features_all_alive", fig["all_alive"]),
+            "chance_paper_median": fig["chance_paper_median"], "chance_all_alive_median": fig["chance_all_alive_median"],
+            **_flat("neurons", neur_fig["all_alive"]), "neurons_chance_median": neur_fig["chance_all_alive_median"],
+            "n_dead_a": fig["n_dead"], "n_ultralow_a": fig["n_ultralow"],
+            "dead_frac_a": fig["n_dead"] / n, "ultralow_frac_a": fig["n_ultralow"] / n,
+            "ultralow_density": cfg.analysis.ultralow_density, "l0_analysis_a": r.l0,
+            "family_train_s_to_budget": train_s, "features_s": None, "matching_s": None,
+            "stream_pass_s": pass_s, "stream_points": len(items), "stream_timing": timing,
+        }
+        for side, s in (("a", cfg.seed_a), ("b", cfg.seed_b)):
+            st = P.sae_metrics(cfg_r, s, n, step, progress)
+            for k in ("fvu", "l0", "loss_recovered_zero", "loss_recovered_mean", "mse"):
+                row[f"{k}_{side}"] = st.get(k)
+        if n == sc.density_bins_at:
+            row["density_curve_features"] = density_curve(r.counts / r.n_tokens, r.corr)
+            row["density_curve_neurons"] = density_curve(neur.counts / neur.n_tokens, neur.corr)
+        atomic_write_json(out / "points" / f"{pid}.json", row)
+        log(f"[scaling] {pid}: features (paper) {_f(row['features_paper_median'])} | all alive "
+            f"{_f(row['features_all_alive_median'])} | neurons {_f(row['neurons_median'])} | chance "
+            f"{_f(row['chance_paper_median'])} | dead {row['dead_frac_a']:.1%} | LR {_f(row['loss_recovered_zero_a'])}")
+        rows.append(row)
+    return rows
+
+
+def _budget_tokens(cfg_r, fam, step) -> tuple[int, float | None]:
+    """SAE tokens seen at ``step`` (None: the final dictionary) and the training seconds to get there."""
+    snap = fam.folder / "snapshots" / f"step_{step}" / "snapshot.json" if step is not None else None
+    if snap is not None and snap.is_file():
+        info = json.loads(snap.read_text())
+        return info["tokens"], info.get("elapsed_s")
+    ts = fam.train_summary
+    tokens = ts.get("tokens") if step is None else step * cfg_r.dict.batch_size
+    train_s = ts.get("elapsed_total_s", ts.get("elapsed_s")) if step is None else None
+    return tokens, train_s
 
 
 def _f(v) -> str:

@@ -36,20 +36,26 @@ def load_tokenizer(path: Path) -> Tokenizer:
     return Tokenizer.from_file(str(path))
 
 
-def encode_documents(tok: Tokenizer, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+def encode_documents(tok: Tokenizer, texts: list[str], batch_docs: int = 512) -> tuple[np.ndarray, np.ndarray]:
     """Encode documents into one token stream with ``EOT`` before each document.
 
     Returns ``tokens: [n_tokens]`` (uint16 when the vocabulary fits) and ``doc_starts: [n_docs]``.
     """
     eot = tok.token_to_id(EOT)
-    encs = tok.encode_batch(texts)
-    lengths = np.array([len(e.ids) + 1 for e in encs], dtype=np.int64)
-    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
     dtype = np.uint16 if tok.get_vocab_size() <= 65536 else np.uint32
-    out = np.empty(int(lengths.sum()), dtype=dtype)
-    for s, e in zip(starts, encs):
-        out[s] = eot
-        out[s + 1 : s + 1 + len(e.ids)] = e.ids
+    parts, lengths = [], []
+    # batches of documents: the tokenizer's Encoding objects (offsets, strings) of a whole 150 MB
+    # corpus at once would take several GB
+    for b0 in range(0, len(texts), batch_docs):
+        for e in tok.encode_batch(texts[b0 : b0 + batch_docs]):
+            ids = np.empty(len(e.ids) + 1, dtype=dtype)
+            ids[0] = eot
+            ids[1:] = e.ids
+            parts.append(ids)
+            lengths.append(len(ids))
+    lengths = np.asarray(lengths, dtype=np.int64)
+    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
+    out = np.concatenate(parts) if parts else np.empty(0, dtype=dtype)
     return out, starts
 
 

@@ -27,7 +27,12 @@ def main(argv=None) -> int:
                    help="SAE training tokens at which to measure, e.g. '500k,1M,2M,4M,8M' (the largest ends the run), "
                         "for every recipe (default: the preset's; the default preset's paper recipe uses 0.25M-4M)")
     p.add_argument("--analysis-tokens", default=None,
-                   help="analysis-set sizes the correlations run over, e.g. '500k,1M,2M,4M'")
+                   help="analysis-set sizes the correlations run over, e.g. '500k,1M,4M,16M'; sizes past the "
+                        "corpus's analysis split continue into held-out package sources and are streamed")
+    p.add_argument("--stream-budgets", choices=("ends", "last", "all"), default=None,
+                   help="budgets measured on analysis sets past the corpus's analysis split (streamed through "
+                        "the LMs, about 5 min per 4096 features, run and 16M tokens on 2 cores): each recipe's "
+                        "first and last (ends), last only, or all (default: the preset's)")
     p.add_argument("--seed-a", type=int, default=None, help="seed of transformer A")
     p.add_argument("--seed-b", type=int, default=None, help="seed of transformer B (must differ from A's)")
     p.add_argument("--out", default="results/universality_scaling", help="output folder")
@@ -56,6 +61,8 @@ def main(argv=None) -> int:
         if args.budgets:
             grid["budgets"] = parse_counts(args.budgets, "--budgets")
             grid["paper_budgets"] = None  # one set of budgets for every recipe
+        if args.stream_budgets:
+            grid["stream_budgets"] = args.stream_budgets
         if args.analysis_tokens:
             grid["analysis_tokens"] = parse_counts(args.analysis_tokens, "--analysis-tokens")
         sc = get_scaling_preset(args.preset).replace(**grid)
