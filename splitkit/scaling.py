@@ -364,11 +364,7 @@ def _measure(cfg, cfg_r, sc, recipe, n, budget, step, todo, keys, fams, neuron_c
             row["density_curve_features"] = density_curve(fig["counts"] / n_t, fig["corr"])
             row["density_curve_neurons"] = neur["density_curve"]
         row["matching_s"] = time.perf_counter() - t1
-        atomic_write_json(out / "points" / f"{row['id']}.json", row)
-        log(f"[scaling] {row['id']}: features (paper) {_f(row['features_paper_median'])} | all alive "
-            f"{_f(row['features_all_alive_median'])} | neurons {_f(row['neurons_median'])} | chance "
-            f"{_f(row['chance_paper_median'])} | dead {row['dead_frac_a']:.1%} | LR {_f(row['loss_recovered_zero_a'])}")
-        rows.append(row)
+        rows.append(_save_point(out, row, log))
     return rows
 
 
@@ -427,12 +423,17 @@ def _measure_stream(cfg, cfg_r, sc, recipe, n_t, n_split, items, fams, out, revi
         if n == sc.density_bins_at:
             row["density_curve_features"] = density_curve(r.counts / r.n_tokens, r.corr)
             row["density_curve_neurons"] = density_curve(neur.counts / neur.n_tokens, neur.corr)
-        atomic_write_json(out / "points" / f"{pid}.json", row)
-        log(f"[scaling] {pid}: features (paper) {_f(row['features_paper_median'])} | all alive "
-            f"{_f(row['features_all_alive_median'])} | neurons {_f(row['neurons_median'])} | chance "
-            f"{_f(row['chance_paper_median'])} | dead {row['dead_frac_a']:.1%} | LR {_f(row['loss_recovered_zero_a'])}")
-        rows.append(row)
+        rows.append(_save_point(out, row, log))
     return rows
+
+
+def _save_point(out: Path, row: dict, log) -> dict:
+    """Write a finished point at once (the grid resumes from these files) and log its figures."""
+    atomic_write_json(out / "points" / f"{row['id']}.json", row)
+    log(f"[scaling] {row['id']}: features (paper) {_f(row['features_paper_median'])} | all alive "
+        f"{_f(row['features_all_alive_median'])} | neurons {_f(row['neurons_median'])} | chance "
+        f"{_f(row['chance_paper_median'])} | dead {row['dead_frac_a']:.1%} | LR {_f(row['loss_recovered_zero_a'])}")
+    return row
 
 
 def _budget_tokens(cfg_r, fam, step) -> tuple[int, float | None]:

@@ -214,7 +214,10 @@ COLUMN_DEFINITIONS = {
                         "analysis_tokens tokens (the paper's exclusion of dead and ultralow-density features)",
     "features_all_alive_*": "over run A's features that fire at least once on those tokens",
     "*_median / *_mean": "of each unit's max Pearson correlation with any unit of run B over the same tokens",
-    "chance_*_median": "the same with B's token order shuffled (seeded)",
+    "chance_*_median": "the same with B's token order shuffled (seeded; within 1M-token chunks on streamed sets)",
+    "analysis_streamed": "true where the analysis set is larger than the corpus's analysis split: its first "
+                         "analysis_split_tokens are the split, the next analysis_extra_tokens held-out Python "
+                         "sources of installed packages, measured in one streaming pass (stream_pass_s)",
     "neurons_*": "the same matching for the 512 MLP neurons of A vs B (alive neurons)",
     "family_train_s_to_budget": "wall seconds of training run A's family (all sizes, one pass) up to this budget",
     "features_s / matching_s": "seconds to get both runs' feature activations (0 when cached) / to match them",
