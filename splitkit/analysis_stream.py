@@ -89,9 +89,10 @@ def stream_universality(model_a: Transformer, model_b: Transformer, tokens: np.n
     for w0 in range(0, n_win, win_per_chunk):
         starts = np.arange(w0, min(w0 + win_per_chunk, n_win), dtype=np.int64) * T
         t0 = time.perf_counter()
-        # float16 like the activation store: both paths see the same rounded activations
-        xa = np.concatenate([a for _, a in iter_window_acts(model_a, tokens, starts, batch_size, device)]).astype(np.float16)
-        xb = np.concatenate([a for _, a in iter_window_acts(model_b, tokens, starts, batch_size, device)]).astype(np.float16)
+        # rounded to float16 like the activation store (both paths see the same values), held as
+        # float32 so the four CrossMoments updates below do not each widen it again
+        xa, xb = (np.concatenate([a for _, a in iter_window_acts(m, tokens, starts, batch_size, device)])
+                  .astype(np.float16).astype(np.float32) for m in (model_a, model_b))
         perm = rng.permutation(len(xa))
         t1 = time.perf_counter()
         timing["lm_s"] += t1 - t0
