@@ -7,8 +7,19 @@ import sys
 from contextlib import contextmanager
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Appends ``(default: X)`` only where the help does not already say what the default is, and
+    never ``(default: None)``: a None default means "the preset's", which the help states."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if "default" in text or action.default is None or action.default is False:
+            return text
+        return super()._get_help_string(action)
+
+
 def base_parser(description: str) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(description=description, formatter_class=_HelpFormatter)
     p.add_argument("--preset", default="default", choices=["smoke", "default", "paper"],
                    help="named scale: smoke (seconds, for tests), default (a first run on a 2-core CPU), "
                         "paper (the paper's sizes; needs a GPU)")

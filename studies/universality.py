@@ -17,8 +17,9 @@ from studies._common import add_dict_args, base_parser, config_from_args, dict_o
 def main(argv=None) -> int:
     p = base_parser(__doc__.split("\n\n")[0])
     p.add_argument("--size", type=int, default=None, help="dictionary size (features) of A and B (default: the preset's)")
-    p.add_argument("--seed-a", type=int, default=None, help="seed of transformer A")
-    p.add_argument("--seed-b", type=int, default=None, help="seed of transformer B (must differ from A's)")
+    p.add_argument("--seed-a", type=int, default=None, help="seed of transformer A (default: the preset's, 0)")
+    p.add_argument("--seed-b", type=int, default=None,
+                   help="seed of transformer B, must differ from A's (default: the preset's, 1)")
     add_dict_args(p)
     p.add_argument("--out", default="results/universality", help="output folder")
     args = p.parse_args(argv)

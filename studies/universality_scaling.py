@@ -33,8 +33,9 @@ def main(argv=None) -> int:
                    help="budgets measured on analysis sets past the corpus's analysis split (streamed through "
                         "the LMs, about 5 min per 4096 features, run and 16M tokens on 2 cores): each recipe's "
                         "first and last (ends), last only, or all (default: the preset's)")
-    p.add_argument("--seed-a", type=int, default=None, help="seed of transformer A")
-    p.add_argument("--seed-b", type=int, default=None, help="seed of transformer B (must differ from A's)")
+    p.add_argument("--seed-a", type=int, default=None, help="seed of transformer A (default: the preset's, 0)")
+    p.add_argument("--seed-b", type=int, default=None,
+                   help="seed of transformer B, must differ from A's (default: the preset's, 1)")
     p.add_argument("--out", default="results/universality_scaling", help="output folder")
     p.add_argument("--table-json", default=None,
                    help="where to write the grid table as JSON (default: docs/bench/universality_scaling.json "

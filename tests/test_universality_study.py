@@ -53,3 +53,17 @@ def test_bad_arguments_are_one_line_errors(smoke_cfg, tmp_path, capsys):
         assert e.value.code == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and needle in err[0]
+
+
+@pytest.mark.parametrize("module", ["universality", "universality_scaling", "dictionaries"])
+def test_help_states_each_default_once(module, capsys):
+    import importlib
+
+    mod = importlib.import_module(f"studies.{module}")
+    with pytest.raises(SystemExit) as e:
+        mod.main(["--help"])
+    assert e.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+    assert "--preset" in text and "--quiet" in text
+    assert "(default: None)" not in text and "(default: False)" not in text
+    assert "(default: the preset's) (default:" not in text
