@@ -242,12 +242,14 @@ def point_id(recipe: str, n: int, budget: int, n_t: int) -> str:
 
 
 def run_scaling(cfg: Config, sc: ScalingConfig, out: str | Path, progress: bool = True,
-                log=print, report_only: bool = False) -> pd.DataFrame:
+                log=print, report_only: bool = False, only: tuple[str, ...] | None = None) -> pd.DataFrame:
     """Train (or reuse) every family of the grid, measure every point, return the table.
 
     Each finished point is written to ``out/points/<id>.json`` at once; a point whose file exists with
     the same key (config, inputs, code version) is read back, not recomputed. ``report_only``: train
     and measure nothing, return the points finished so far (e.g. while the grid runs elsewhere).
+    ``only``: shell-style patterns of point ids (``{recipe}-n{size}-t{budget}-a{analysis tokens}``);
+    only the unfinished points matching one are measured, the others are read back if finished.
     """
     from . import pipeline as P
     from .report.common import command_line, git_revision
@@ -265,6 +267,7 @@ def run_scaling(cfg: Config, sc: ScalingConfig, out: str | Path, progress: bool 
     streamed = [n_t for n_t in sc.analysis_tokens if n_t > n_split]
     if streamed:
         P.analysis_tokens(cfg, streamed[-1], progress)  # fails early, with what to change, if too large
+    selected = _point_filter(sc, streamed, only)
     neuron_cache: dict = {}
     rows = []
     revision = {"git_revision": git_revision(), "command": command_line()}
@@ -304,6 +307,8 @@ def run_scaling(cfg: Config, sc: ScalingConfig, out: str | Path, progress: bool 
                                 continue
                         except ValueError:
                             pass  # a torn file: recompute
+                    if not selected(pid):
+                        continue
                     if n_t in stream_todo:
                         stream_todo[n_t].append((n, budget, step, keys[n_t]))
                     else:
@@ -325,6 +330,21 @@ def run_scaling(cfg: Config, sc: ScalingConfig, out: str | Path, progress: bool 
         df = df.sort_values(["recipe", "n_features", "sae_tokens", "analysis_tokens"],
                             key=lambda c: c.map(order) if c.name == "recipe" else c).reset_index(drop=True)
     return df
+
+
+def _point_filter(sc: ScalingConfig, streamed: list[int], only):
+    """``pid -> bool``: whether a point is to be measured; every pattern of ``only`` must name a point."""
+    if not only:
+        return lambda pid: True
+    from fnmatch import fnmatchcase
+
+    ids = [point_id(r, n, b, n_t) for r in sc.recipes for b in sc.budgets_for(r) for n in sc.sizes
+           for n_t in sc.analysis_tokens if n_t not in streamed or b in sc.streamed_budgets_for(r)]
+    for pat in only:
+        if not any(fnmatchcase(i, pat) for i in ids):
+            raise ConfigError(f"--only {pat!r} matches no point of this grid; point ids look like {ids[0]!r} "
+                              f"(recipe-n<size>-t<SAE tokens>-a<analysis tokens>, tokens in full)")
+    return lambda pid: any(fnmatchcase(pid, pat) for pat in only)
 
 
 def _measure(cfg, cfg_r, sc, recipe, n, budget, step, todo, keys, fams, neuron_cache, out, revision,

@@ -33,6 +33,10 @@ def main(argv=None) -> int:
                    help="budgets measured on analysis sets past the corpus's analysis split (streamed through "
                         "the LMs, about 5 min per 4096 features, run and 16M tokens on 2 cores): each recipe's "
                         "first and last (ends), last only, or all (default: the preset's)")
+    p.add_argument("--only", default=None,
+                   help="comma-separated shell patterns of point ids (recipe-n<size>-t<SAE tokens>-a<analysis "
+                        "tokens>, e.g. 'l1_decnorm-n1024-t500000-*'): measure only the matching points of the grid "
+                        "(the families are still the whole grid's); others are read back if finished")
     p.add_argument("--seed-a", type=int, default=None, help="seed of transformer A (default: the preset's, 0)")
     p.add_argument("--seed-b", type=int, default=None,
                    help="seed of transformer B, must differ from A's (default: the preset's, 1)")
@@ -73,7 +77,12 @@ def main(argv=None) -> int:
         elif table.lower() == "none":
             table = None
         t0 = time.perf_counter()
-        df = run_scaling(cfg, sc, args.out, progress=not args.quiet, report_only=args.report_only)
+        only = None
+        if args.only is not None:
+            only = tuple(x.strip() for x in args.only.split(",") if x.strip())
+            if not only:
+                raise ConfigError("--only needs at least one point-id pattern, e.g. 'l1_decnorm-n1024-*'")
+        df = run_scaling(cfg, sc, args.out, progress=not args.quiet, report_only=args.report_only, only=only)
         summary = write_scaling(args.out, df, cfg, sc, {"wall_s": time.perf_counter() - t0}, table_json=table)
         def f(v, spec=".3f"):
             return "n/a" if v is None else format(v, spec)

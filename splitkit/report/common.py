@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import platform
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -25,12 +26,15 @@ def git_revision(root: Path | None = None) -> str:
 
 
 def command_line() -> str | None:
-    """The command as typed: ``python -m studies.universality --quiet`` rather than the module's path."""
+    """The command as typed: ``python -m studies.universality --quiet`` rather than the module's path.
+
+    Arguments are shell-quoted (``--only 'paper-*'``), so the line can be pasted back into a shell.
+    """
     if not sys.argv:
         return None
     spec = getattr(sys.modules.get("__main__"), "__spec__", None)
     head = ["python", "-m", spec.name] if spec is not None and spec.name else ["python", sys.argv[0]]
-    return " ".join(head + sys.argv[1:])
+    return " ".join(head) + "".join(" " + shlex.quote(a) for a in sys.argv[1:])
 
 
 def provenance() -> dict:
