@@ -133,7 +133,7 @@ def fig_vs_analysis(df: pd.DataFrame):
     best = d.groupby(["recipe", "n_features"], sort=False).tail(1)[["recipe", "n_features", "sae_tokens"]]
     d = df.merge(best, on=["recipe", "n_features", "sae_tokens"])
     budgets = ", ".join(sorted({_tok(t) for t in d["sae_tokens"]}))
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
+    fig, axes = plt.subplots(1, 2, figsize=(12.5, 4.2), sharey=True, layout="constrained")
     _panels_vs(d, axes, [("features_paper_median", f"features the paper counts (SAE budget {budgets})"),
                          ("features_all_alive_median", f"all alive features (SAE budget {budgets})")],
                "analysis_tokens", "analysis tokens the correlations run over")
@@ -142,7 +142,7 @@ def fig_vs_analysis(df: pd.DataFrame):
         ax.plot(nn["analysis_tokens"], nn["neurons_median"], color="k", marker="s", label="neurons")
         ax.plot(nn["analysis_tokens"], nn["neurons_chance_median"], color="grey", ls=":", label="neurons, shuffled")
     axes[0].set_ylabel("median max activation correlation")
-    axes[1].legend(fontsize=7)
+    axes[1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5))  # off the curves
     return fig
 
 
