@@ -286,9 +286,7 @@ def run_scaling(cfg: Config, sc: ScalingConfig, out: str | Path, progress: bool 
             for n in sc.sizes:
                 todo = []
                 keys = {}
-                sizes_here = [n_t for n_t in sc.analysis_tokens
-                              if n_t not in stream_todo or budget in sc.streamed_budgets_for(recipe)]
-                for n_t in sizes_here:
+                for n_t in _analysis_sizes_at(sc, recipe, budget, streamed):
                     pid = point_id(recipe, n, budget, n_t)
                     # only what a point's figures depend on (not, e.g., the universality study's min_count)
                     analysis = {"ultralow_density": cfg.analysis.ultralow_density, "shuffle_seed": cfg.analysis.shuffle_seed}
@@ -332,6 +330,11 @@ def run_scaling(cfg: Config, sc: ScalingConfig, out: str | Path, progress: bool 
     return df
 
 
+def _analysis_sizes_at(sc: ScalingConfig, recipe: str, budget: int, streamed: list[int]) -> list[int]:
+    """The analysis sizes measured at one budget: every stored one; streamed ones at ``stream_budgets``."""
+    return [n_t for n_t in sc.analysis_tokens if n_t not in streamed or budget in sc.streamed_budgets_for(recipe)]
+
+
 def _point_filter(sc: ScalingConfig, streamed: list[int], only):
     """``pid -> bool``: whether a point is to be measured; every pattern of ``only`` must name a point."""
     if not only:
@@ -339,7 +342,7 @@ def _point_filter(sc: ScalingConfig, streamed: list[int], only):
     from fnmatch import fnmatchcase
 
     ids = [point_id(r, n, b, n_t) for r in sc.recipes for b in sc.budgets_for(r) for n in sc.sizes
-           for n_t in sc.analysis_tokens if n_t not in streamed or b in sc.streamed_budgets_for(r)]
+           for n_t in _analysis_sizes_at(sc, r, b, streamed)]
     for pat in only:
         if not any(fnmatchcase(i, pat) for i in ids):
             raise ConfigError(f"--only {pat!r} matches no point of this grid; point ids look like {ids[0]!r} "

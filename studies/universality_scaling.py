@@ -18,6 +18,11 @@ import time
 from studies._common import base_parser, config_from_args, friendly_errors
 
 
+def _items(text: str) -> tuple[str, ...]:
+    """A comma-separated option's items, blanks dropped."""
+    return tuple(x.strip() for x in text.split(",") if x.strip())
+
+
 def main(argv=None) -> int:
     p = base_parser(__doc__.split("\n\n")[0])
     p.add_argument("--recipes", default=None,
@@ -60,7 +65,7 @@ def main(argv=None) -> int:
             raise ConfigError(f"--seed-a and --seed-b must differ (both {cfg.seed_a})")
         grid = {}
         if args.recipes:
-            grid["recipes"] = tuple(r.strip() for r in args.recipes.split(",") if r.strip())
+            grid["recipes"] = _items(args.recipes)
         if args.sizes:
             grid["sizes"] = tuple(sorted(set(parse_sizes(args.sizes))))
         if args.budgets:
@@ -79,7 +84,7 @@ def main(argv=None) -> int:
         t0 = time.perf_counter()
         only = None
         if args.only is not None:
-            only = tuple(x.strip() for x in args.only.split(",") if x.strip())
+            only = _items(args.only)
             if not only:
                 raise ConfigError("--only needs at least one point-id pattern, e.g. 'l1_decnorm-n1024-*'")
         df = run_scaling(cfg, sc, args.out, progress=not args.quiet, report_only=args.report_only, only=only)
