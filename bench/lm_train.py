@@ -20,7 +20,7 @@ from splitkit import pipeline as P
 from splitkit.config import get_preset
 from splitkit.lm import lm_batch, make_optimizer
 from splitkit.model import Transformer
-from splitkit.report.common import provenance
+from splitkit.provenance import provenance
 
 
 def main() -> None:

@@ -1,4 +1,4 @@
-"""Benchmark of splitkit.matching: exact top-k Pearson matching of sparse feature activations.
+"""Benchmark of splitkit.correlation: exact top-k Pearson matching of sparse feature activations.
 
     python bench/matching.py            # full run (~10 min on 2 cores), writes docs/bench/matching.json
     python bench/matching.py --quick    # small sizes, prints only (unless --out is given)
@@ -216,7 +216,7 @@ def _spot_check(A, B, tk, n_cols: int = 12, seed: int = 0) -> float:
 
 
 def worker(case: dict) -> dict:
-    from splitkit import matching as M
+    from splitkit import correlation as M
 
     kind = case["kind"]
     res = {"case": case}

@@ -49,7 +49,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from splitkit.sae import SAEConfig, SparseAutoencoder  # noqa: E402
-from splitkit.trainer import FamilyTrainer, TensorSource, TrainerConfig  # noqa: E402
+from splitkit.train import FamilyTrainer, TensorSource, TrainerConfig  # noqa: E402
 
 D = 512
 BATCH = 4096

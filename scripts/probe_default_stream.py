@@ -15,8 +15,9 @@ import torch
 from splitkit import pipeline as P
 from splitkit.analysis_stream import stream_universality
 from splitkit.config import get_preset
-from splitkit.scaling import STREAM_CHUNK_TOKENS, summarize_units
-from splitkit.trainer import resolve_matmul_dtype
+from splitkit.analyses.scaling import STREAM_CHUNK_TOKENS
+from splitkit.analyses.universality import summarize_units
+from splitkit.precision import matmul_dtype
 
 
 def main(n_tokens: int) -> None:
@@ -24,7 +25,7 @@ def main(n_tokens: int) -> None:
     n = cfg.dict.sizes[-1]
     fams = {s: P.get_family(cfg, s, False) for s in (cfg.seed_a, cfg.seed_b)}
     tokens = P.analysis_tokens(cfg, n_tokens, False)
-    mm = resolve_matmul_dtype(cfg.dict.matmul_dtype, torch.device(cfg.device))
+    mm = matmul_dtype(cfg.dict.matmul_dtype, torch.device(cfg.device))
     res, timing = stream_universality(P.get_lm(cfg, cfg.seed_a).model(), P.get_lm(cfg, cfg.seed_b).model(), tokens,
                                       {f"default-n{n}": (fams[cfg.seed_a].sae(n), fams[cfg.seed_b].sae(n))},
                                       chunk_tokens=STREAM_CHUNK_TOKENS, shuffle_seed=cfg.analysis.shuffle_seed,

@@ -16,8 +16,10 @@ import torch
 from splitkit import pipeline as P
 from splitkit.analysis_stream import stream_universality
 from splitkit.config import get_preset
-from splitkit.scaling import STREAM_CHUNK_TOKENS, ScalingConfig, budget_steps, recipe_config, summarize_units
-from splitkit.trainer import resolve_matmul_dtype
+from splitkit.analyses.scaling import STREAM_CHUNK_TOKENS, budget_steps, recipe_config
+from splitkit.analyses.universality import summarize_units
+from splitkit.config import ScalingConfig
+from splitkit.precision import matmul_dtype
 
 
 def main(recipe: str, n_tokens: int, specs: list[str]) -> None:
@@ -32,7 +34,7 @@ def main(recipe: str, n_tokens: int, specs: list[str]) -> None:
         pairs[spec] = tuple(fams[s].sae(n, steps[b]) for s in (cfg.seed_a, cfg.seed_b))
     T = cfg.model.n_ctx
     extra = np.asarray(P.get_extra_tokens(cfg, False)[: (n_tokens // T) * T])
-    mm = resolve_matmul_dtype(cfg_r.dict.matmul_dtype, torch.device(cfg.device))
+    mm = matmul_dtype(cfg_r.dict.matmul_dtype, torch.device(cfg.device))
     res, timing = stream_universality(P.get_lm(cfg, cfg.seed_a).model(), P.get_lm(cfg, cfg.seed_b).model(), extra,
                                       pairs, chunk_tokens=STREAM_CHUNK_TOKENS, shuffle_seed=cfg.analysis.shuffle_seed,
                                       matmul_dtype=mm, progress=False)

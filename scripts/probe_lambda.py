@@ -17,7 +17,7 @@ from splitkit.activations import StoreSource
 from splitkit.config import get_preset
 from splitkit.metrics import evaluate_sae
 from splitkit.sae import SAEConfig, SparseAutoencoder
-from splitkit.trainer import TrainerConfig, train_family
+from splitkit.train import TrainerConfig, train_family
 
 if len(sys.argv) < 3:
     raise SystemExit("usage: python scripts/probe_lambda.py N_TOKENS LAMBDA [LAMBDA ...]")

@@ -13,7 +13,7 @@ import json
 
 import numpy as np
 
-from splitkit import matching
+from splitkit import correlation
 from splitkit import pipeline as P
 from splitkit.config import get_preset
 
@@ -33,13 +33,13 @@ if args.analysis_tokens:
 cfg = cfg.with_overrides(**over)
 tc = P.trainer_config(cfg)
 na, nb = P.get_acts(cfg, cfg.seed_a, "analysis"), P.get_acts(cfg, cfg.seed_b, "analysis")
-neur = matching.max_correlation(na.head(), nb.head(), k=1, dtype=np.float32).value[:, 0]
+neur = correlation.max_correlation(na.head(), nb.head(), k=1, dtype=np.float32).value[:, 0]
 print(json.dumps({"neurons_median": round(float(np.nanmedian(neur)), 3), "neurons_alive": int(np.isfinite(neur).sum())}),
       flush=True)
 for st, size in [(st, n) for st in list(tc.snapshot_steps) + [None] for n in sizes]:
     fa, fb = P.get_features(cfg, cfg.seed_a, size, st), P.get_features(cfg, cfg.seed_b, size, st)
     FA, FB = fa.acts(), fb.acts()
-    c = matching.max_correlation(FA, FB, k=1).value[:, 0]
+    c = correlation.max_correlation(FA, FB, k=1).value[:, 0]
     cnt = np.asarray(FA.getnnz(axis=0))
     out = {"size": size, "step": st, "tokens": (st or tc.n_steps) * tc.batch_size}
     for name, m in (("alive", cnt > 0), ("dens>=1e-5", cnt / FA.shape[0] >= 1e-5), ("cnt>=100", cnt >= 100)):

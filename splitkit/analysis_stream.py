@@ -1,6 +1,6 @@
 """Universality over analysis sets too large to store: one streaming pass, nothing written.
 
-The in-memory path (``pipeline.get_acts`` -> ``get_features`` -> ``matching``) keeps the analysis
+The in-memory path (``pipeline.get_acts`` -> ``get_features`` -> ``correlation``) keeps the analysis
 activations on disk (512 float16 per token and run: 16 GB per run at 16M tokens) and the feature
 activations in memory. Past a few million tokens neither fits this machine, so this module reads the
 token stream once, chunk by chunk::
@@ -9,7 +9,7 @@ token stream once, chunk by chunk::
                                                            >-- CrossMoments (real, shuffled)
     tokens --LM B--> neurons B --SAE B_i--> features B_i  /
 
-and keeps only correlation sums (:class:`splitkit.matching.CrossMoments`): ``8 * n_a * n_b`` bytes per
+and keeps only correlation sums (:class:`splitkit.correlation.CrossMoments`): ``8 * n_a * n_b`` bytes per
 compared pair, whatever the number of tokens. Every dictionary pair of a grid (all sizes, all
 snapshots) shares the one LM pass.
 
@@ -28,7 +28,7 @@ import torch
 
 from .activations import iter_window_acts
 from .features import encode_sparse
-from .matching import CrossMoments
+from .correlation import CrossMoments
 from .model import Transformer
 from .sae import SparseAutoencoder
 

@@ -38,6 +38,13 @@ def _from_dict(cls, d: dict):
     return cls(**kw)
 
 
+def _recipe_names() -> tuple[str, ...]:
+    """The trainer's registered recipes (``splitkit.train.recipes``): the one list of names."""
+    from .train.recipes import recipe_names
+
+    return recipe_names()
+
+
 class _Section:
     def to_dict(self) -> dict:
         return json.loads(json.dumps(dataclasses.asdict(self)))
@@ -167,8 +174,9 @@ class DictConfig(_Section):
     def __post_init__(self):
         if not self.sizes or any((not isinstance(s, int)) or s <= 0 for s in self.sizes):
             raise ConfigError(f"dict.sizes must be positive integers, got {self.sizes}")
-        if self.recipe not in ("paper", "l1_decnorm", "topk"):
-            raise ConfigError(f"dict.recipe must be paper, l1_decnorm or topk, got {self.recipe!r}")
+        names = _recipe_names()
+        if self.recipe not in names:
+            raise ConfigError(f"dict.recipe must be one of {', '.join(names)}, got {self.recipe!r}")
         w, f = self.l1_warmup_tokens, self.lr_decay_frac
         if w is not None and not (isinstance(w, int) and w >= 0):
             raise ConfigError(f"dict.l1_warmup_tokens must be empty (the recipe's own) or >= 0 tokens, got {w!r}")
@@ -281,6 +289,86 @@ def get_preset(name: str) -> Config:
     if name not in PRESETS:
         raise ConfigError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
     return PRESETS[name]()
+
+
+# --- the universality-scaling grid (its own section: not part of ``Config``) ----------------------
+
+@dataclass(frozen=True)
+class ScalingConfig(_Section):
+    """The grid. Budgets and analysis token counts are in tokens; the largest budget is the run's end.
+
+    Each recipe has its own sparsity setting (the same for every size, as in the paper's family):
+    ``paper_l1_coeff`` and ``l1_decnorm_coeff`` are lambda of those recipes, ``topk_k`` is k.
+    """
+
+    recipes: tuple[str, ...] = ("l1_decnorm", "paper", "topk")
+    sizes: tuple[int, ...] = (1024, 2048, 4096)
+    budgets: tuple[int, ...] = (500_000, 1_000_000, 2_000_000, 4_000_000, 8_000_000)
+    # The paper recipe's budgets, when they differ (None: ``budgets``). By default the same 16x span
+    # one octave lower, 0.25M-4M: its families (three sizes, resampling) train at about 3k tokens/s
+    # on the 2-core CPU, and 8M tokens for both runs would take most of two working sessions.
+    paper_budgets: tuple[int, ...] | None = (250_000, 500_000, 1_000_000, 2_000_000, 4_000_000)
+    # up to 4M: the stdlib's analysis split (stored); 16M continues into held-out package sources (streamed)
+    analysis_tokens: tuple[int, ...] = (250_000, 500_000, 1_000_000, 2_000_000, 4_000_000, 16_000_000)
+    # lambdas that give L0 ~15-20 at 4096 features on the stdlib LMs (measured: docs/results.md)
+    paper_l1_coeff: float = 1.2e-3
+    l1_decnorm_coeff: float = 1.6e-3
+    topk_k: int = 16
+    density_bins_at: int = 4096  # size whose per-density curve is kept for every point
+    # Analysis sets past the corpus's analysis split are streamed (``analysis_stream``): every point
+    # costs a pass of its encoders over the whole set (16M tokens: ~5 min per 4096 features and run
+    # on the 2-core CPU). "ends" measures them at each recipe's first and last budget (the analysis
+    # axis's budget and the most trained), "last" at the last only, "all" at every budget.
+    stream_budgets: str = "ends"
+
+    def __post_init__(self):
+        for name in ("recipes", "sizes", "budgets", "analysis_tokens"):
+            v = getattr(self, name)
+            if isinstance(v, list):
+                object.__setattr__(self, name, tuple(v))
+            if not getattr(self, name):
+                raise ConfigError(f"scaling.{name} must not be empty")
+        if self.paper_budgets is not None and not self.paper_budgets:
+            raise ConfigError("scaling.paper_budgets must be None (the same as budgets) or not empty")
+        if self.stream_budgets not in ("ends", "last", "all"):
+            raise ConfigError(f"scaling.stream_budgets must be 'ends', 'last' or 'all', got {self.stream_budgets!r}")
+        bad = [r for r in self.recipes if r not in _recipe_names()]
+        if bad:
+            raise ConfigError(f"scaling.recipes: unknown recipe(s) {bad}; choose from {', '.join(_recipe_names())}")
+        if isinstance(self.paper_budgets, list):
+            object.__setattr__(self, "paper_budgets", tuple(self.paper_budgets))
+        for name in ("sizes", "budgets", "analysis_tokens") + (("paper_budgets",) if self.paper_budgets else ()):
+            v = getattr(self, name)
+            if any((not isinstance(x, int)) or x <= 0 for x in v) or list(v) != sorted(set(v)):
+                raise ConfigError(f"scaling.{name} must be increasing positive integers, got {list(v)}")
+
+    def budgets_for(self, recipe: str) -> tuple[int, ...]:
+        """The SAE budgets of ``recipe``'s families (the largest ends the run)."""
+        return self.paper_budgets if recipe == "paper" and self.paper_budgets else self.budgets
+
+    def streamed_budgets_for(self, recipe: str) -> tuple[int, ...]:
+        """The budgets of ``recipe`` measured on streamed analysis sets (see ``stream_budgets``)."""
+        b = self.budgets_for(recipe)
+        return {"all": b, "last": b[-1:], "ends": tuple(sorted({b[0], b[-1]}))}[self.stream_budgets]
+
+
+SCALING_PRESETS = {
+    "smoke": ScalingConfig(recipes=("l1_decnorm", "paper"), sizes=(64, 128), budgets=(20_480, 40_960, 81_920),
+                           paper_budgets=None, stream_budgets="all",
+                           analysis_tokens=(10_000, 30_000), paper_l1_coeff=1e-3, l1_decnorm_coeff=1e-3,
+                           topk_k=8, density_bins_at=128),
+    "default": ScalingConfig(),
+    "paper": ScalingConfig(recipes=("paper", "l1_decnorm", "topk"), sizes=(1024, 2048, 4096, 8192, 16384),
+                           budgets=(1 << 22, 1 << 24, 1 << 26, 1 << 28), paper_budgets=None,
+                           analysis_tokens=(1 << 20, 1 << 22, 1 << 24),
+                           density_bins_at=4096),
+}
+
+
+def get_scaling_preset(name: str) -> ScalingConfig:
+    if name not in SCALING_PRESETS:
+        raise ConfigError(f"unknown preset {name!r}; choose one of {sorted(SCALING_PRESETS)}")
+    return SCALING_PRESETS[name]
 
 
 def parse_sizes(text: str) -> tuple[int, ...]:

@@ -8,10 +8,10 @@ Two ways to spread a family (:func:`train_family_distributed`):
 
 ``"sizes"`` -- the dictionaries are dealt to the processes (largest first, each to the least loaded,
     a step's cost being about proportional to the size), and every process trains its share with
-    :class:`~splitkit.trainer.FamilyTrainer` on the same batches (``source.get_batch(step)`` is a pure
+    :class:`~splitkit.train.FamilyTrainer` on the same batches (``source.get_batch(step)`` is a pure
     function of ``step``, so each process reads them itself; nothing is sent while training). Every
     random draw is keyed by (seed, step, dictionary), so the result is bitwise identical to one
-    process running :func:`~splitkit.trainer.train_family` on CPU. Each process trains and keeps
+    process running :func:`~splitkit.train.train_family` on CPU. Each process trains and keeps
     its resume checkpoints in its own ``out_dir/parts/<names>/`` (named after the dictionaries it
     holds, so a rerun with the same process count resumes there), then moves its own
     ``final/sae_{n}/`` and ``snapshots/step_{k}/sae_{n}/`` into ``out_dir``; process 0 merges the
@@ -19,7 +19,7 @@ Two ways to spread a family (:func:`train_family_distributed`):
 ``"data"`` -- every process holds the whole family and takes a contiguous block of ``B / world`` rows
     of every batch; after ``sae_step`` the four gradients are averaged and the firing counts and
     loss terms are combined over processes (:class:`DataParallelReducer`, a
-    :class:`~splitkit.trainer.StepReducer`), so every process takes the same optimiser step and keeps
+    :class:`~splitkit.train.StepReducer`), so every process takes the same optimiser step and keeps
     identical weights (checked at the end). Resampling reads whole batches from the source on every
     process, so it stays identical too. Equal to a one-process run up to float rounding (the batch
     sums are split differently). Process 0 writes checkpoints, snapshots and ``final/``; on resume
@@ -50,15 +50,8 @@ import torch.distributed as dist
 
 from .cache import atomic_write_json
 from .sae import SparseAutoencoder
-from .trainer import (
-    _PARAMS,
-    ActivationSource,
-    FamilyTrainer,
-    StepStats,
-    TrainerConfig,
-    _member_names,
-    run_trainer,
-)
+from .train import ActivationSource, FamilyTrainer, StepStats, TrainerConfig, run_trainer
+from .train.member import PARAMS, member_names
 
 __all__ = ["MODES", "deal_sizes", "DataParallelReducer", "train_family_distributed", "train_pipeline_family"]
 
@@ -196,7 +189,7 @@ def _broadcast_weights(saes: list[SparseAutoencoder], owner: list[int]) -> None:
     dev = _comm_device()
     with torch.no_grad():
         for sae, src in zip(saes, owner):
-            for p in _PARAMS:
+            for p in PARAMS:
                 t = getattr(sae, p)
                 buf = t.detach().to(dev).contiguous() if rank == src else torch.empty_like(t, device=dev)
                 dist.broadcast(buf, src=src)
@@ -207,7 +200,7 @@ def _broadcast_weights(saes: list[SparseAutoencoder], owner: list[int]) -> None:
 def _train_sizes(saes: list[SparseAutoencoder], source: ActivationSource, cfg: TrainerConfig, out: Path | None,
                  device: str | torch.device, progress: bool, gather: bool) -> dict[str, Any]:
     rank, world = _rank_world()
-    names = _member_names(saes)  # the family's names (a share alone could name its members differently)
+    names = member_names(saes)  # the family's names (a share alone could name its members differently)
     shares = deal_sizes([s.n_features for s in saes], world)
     owner = [r for i in range(len(saes)) for r, share in enumerate(shares) if i in share]
     idle = [r for r, share in enumerate(shares) if not share]
@@ -246,7 +239,7 @@ def _train_sizes(saes: list[SparseAutoencoder], source: ActivationSource, cfg: T
 # Mode "data": batches split over processes, gradients averaged
 # ---------------------------------------------------------------------------------------------
 class DataParallelReducer:
-    """:class:`~splitkit.trainer.StepReducer` over the default process group.
+    """:class:`~splitkit.train.StepReducer` over the default process group.
 
     ``shard``: rows ``[rank * B/world, (rank + 1) * B/world)`` of the batch (a view, no copy).
     ``reduce``: all-reduces the four gradients (sum, then divided by world: every share has the
@@ -263,7 +256,7 @@ class DataParallelReducer:
         return x[self.rank * b:(self.rank + 1) * b]
 
     def reduce(self, sae: SparseAutoencoder, st: StepStats) -> StepStats:
-        grads = [getattr(sae, p).grad for p in _PARAMS]
+        grads = [getattr(sae, p).grad for p in PARAMS]
         n = st.fire_counts.numel()
         stats = torch.cat([st.fire_counts.to(torch.float64),
                            torch.stack([st.loss, st.mse, st.l1, st.aux]).to(torch.float64)])  # [n + 4]
@@ -286,7 +279,7 @@ def _check_in_step(trainer: FamilyTrainer) -> None:
     same = True
     with torch.no_grad():
         for m in trainer.members:
-            for p in _PARAMS:
+            for p in PARAMS:
                 t = getattr(m.sae, p).detach()
                 buf = t.to(dev).clone()
                 dist.broadcast(buf, src=0)
@@ -329,7 +322,7 @@ def _train_data(saes: list[SparseAutoencoder], source: ActivationSource, cfg: Tr
 def train_family_distributed(saes: list[SparseAutoencoder], source: ActivationSource, cfg: TrainerConfig,
                              out_dir: str | Path | None = None, device: str | torch.device = "cpu",
                              progress: bool = True, mode: str = "sizes", gather: bool = True) -> dict[str, Any]:
-    """:func:`~splitkit.trainer.train_family` spread over the processes of the default process group.
+    """:func:`~splitkit.train.train_family` spread over the processes of the default process group.
 
     Every process calls it with the same ``saes`` (same configs and initial weights), an equal
     ``source``, ``cfg`` and ``out_dir``; ``device`` is this process's (e.g. ``cuda:{LOCAL_RANK}``).
@@ -377,12 +370,10 @@ def train_pipeline_family(cfg, seed: int, mode: str = "sizes", device: str | Non
     info: dict[str, Any] = {}
     if rank == 0:
         try:
-            store = pipeline.get_acts(cfg, seed, progress=progress)
-            # As in pipeline.get_family: the key hashes the dict section, the width and the store.
-            art = pipeline.family_artifact(cfg, store)
-            info = {"store": str(store.folder), "path": str(art.path), "ready": pipeline._ready(art)}
+            build = pipeline.family_build(cfg, seed, progress)  # the cache entry pipeline.get_family uses
+            info = {"store": str(build.store.folder), "path": str(build.artifact.path), "ready": build.ready}
             if not info["ready"]:
-                work = art.begin(resume=True)
+                work = build.artifact.begin(resume=True)
                 resumed = (work / "checkpoint.json").exists() or any((work / PARTS).glob("*/checkpoint.json"))
                 _say(f"training dictionaries {list(cfg.dict.sizes)} ({cfg.dict.recipe}) on LM seed {seed} over "
                      f"{world} process(es), mode {mode!r}: {tcfg.n_steps * tcfg.batch_size:,} tokens"

@@ -20,6 +20,7 @@ from safetensors.torch import load_file
 from .cache import atomic_save_safetensors, atomic_write_json
 from .config import LMTrainConfig, ModelConfig
 from .model import Transformer
+from .precision import matmul_dtype
 
 
 def lm_batch(tokens: np.ndarray, seed: int, step: int, batch_size: int, n_ctx: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -54,31 +55,10 @@ def _autocast(device: str, dtype: str):
 
 
 def resolve_dtype(dtype: str, device: str) -> str:
-    """bf16 only where the hardware does it fast: on a CPU without AVX512-BF16/AMX it is ~100x slower."""
-    if dtype == "float32" or torch.device(device).type == "cuda":
-        return dtype
-    return "bfloat16" if bf16_is_fast() else "float32"
-
-
-_BF16_FAST: bool | None = None
-
-
-def bf16_is_fast() -> bool:
-    """Measure once whether a bf16 GEMM beats fp32 on this CPU (the capability string alone misleads)."""
-    global _BF16_FAST
-    if _BF16_FAST is None:
-        a32 = torch.randn(256, 256)
-        a16 = a32.bfloat16()
-
-        def bench(a):
-            a @ a
-            t = time.perf_counter()
-            for _ in range(4):
-                a @ a
-            return time.perf_counter() - t
-
-        _BF16_FAST = bench(a16) < 0.8 * bench(a32)
-    return _BF16_FAST
+    """The autocast dtype for ``lm.dtype``: "bfloat16" asks for bf16 where :mod:`splitkit.precision`
+    finds it native (on a CPU without AVX512-BF16/AMX it is ~100x slower), "float32" for fp32."""
+    mm = matmul_dtype("auto" if dtype == "bfloat16" else dtype, device)
+    return "bfloat16" if mm == torch.bfloat16 else "float32"
 
 
 # --- checkpoints: weights and optimizer state as safetensors, the rest as JSON ---------------------

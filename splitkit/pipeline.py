@@ -25,7 +25,8 @@ from .config import Config
 log = logging.getLogger("splitkit")
 
 # Code versions of each stage: bump when the stage's output for the same config would change.
-VERSIONS = {"tokens": 2, "tokens_extra": 1, "lm": 1, "acts": 2, "dicts": 1, "sae_eval": 1, "features": 1}
+VERSIONS = {"tokens": 2, "tokens_extra": 1, "lm": 1, "acts": 2, "dicts": 1, "sae_eval": 1, "features": 1,
+            "effects": 1}
 
 
 class PipelineError(RuntimeError):
@@ -354,13 +355,14 @@ class Family:
 
 
 def trainer_config(cfg: Config):
-    from .trainer import TrainerConfig
+    """The one conversion from the study's ``DictConfig`` (tokens) to the trainer's ``TrainerConfig`` (steps)."""
+    from .train import TrainerConfig, get_recipe
 
     dc = cfg.dict
     n_steps = max(1, dc.n_tokens // dc.batch_size)
     snaps = tuple(sorted({max(1, t // dc.batch_size) for t in dc.snapshot_tokens if t // dc.batch_size < n_steps}))
     return TrainerConfig(recipe=dc.recipe, lr=dc.lr, l1_coeff=dc.l1_coeff,
-                         k=dc.k if dc.recipe == "topk" else None, n_steps=n_steps, batch_size=dc.batch_size,
+                         k=dc.k if get_recipe(dc.recipe).uses_k else None, n_steps=n_steps, batch_size=dc.batch_size,
                          matmul_dtype=dc.matmul_dtype, seed=dc.seed, snapshot_steps=snaps,
                          checkpoint_every=dc.checkpoint_every, lr_decay_frac=dc.lr_decay_frac,
                          l1_warmup_frac=None if dc.l1_warmup_tokens is None
@@ -376,10 +378,11 @@ def family_artifact(cfg: Config, store) -> Artifact:
 def new_family(cfg: Config, d_in: int) -> list:
     """Freshly initialised dictionaries of the family, one per size, in ``cfg.dict.sizes`` order."""
     from .sae import SAEConfig, SparseAutoencoder
+    from .train import get_recipe
 
-    arch = "topk" if cfg.dict.recipe == "topk" else "relu"
-    return [SparseAutoencoder(SAEConfig(d_in=d_in, n_features=n, architecture=arch,
-                                        k=cfg.dict.k if arch == "topk" else None, seed=cfg.dict.seed))
+    recipe = get_recipe(cfg.dict.recipe)
+    return [SparseAutoencoder(SAEConfig(d_in=d_in, n_features=n, architecture=recipe.architecture,
+                                        k=cfg.dict.k if recipe.uses_k else None, seed=cfg.dict.seed))
             for n in cfg.dict.sizes]
 
 
@@ -395,14 +398,32 @@ def finish_family(work: Path, tcfg, res: dict) -> None:
             f.unlink()
 
 
+@dataclass
+class FamilyBuild:
+    """What building the family of LM ``seed`` takes: its training store, its cache entry and the
+    trainer config; ``ready`` when the entry is already complete (one process or many,
+    ``distributed.train_pipeline_family``, build it from this)."""
+
+    store: object  # activations.ActivationStore
+    artifact: Artifact
+    tcfg: object  # train.TrainerConfig
+    ready: bool
+
+
+def family_build(cfg: Config, seed: int, progress: bool = True) -> FamilyBuild:
+    """Build (or reuse) everything upstream of the family of LM ``seed`` and say whether it is cached."""
+    store = get_acts(cfg, seed, progress=progress)
+    art = family_artifact(cfg, store)
+    return FamilyBuild(store, art, trainer_config(cfg), _ready(art))
+
+
 def get_family(cfg: Config, seed: int, progress: bool = True) -> Family:
     from .activations import StoreSource
-    from .trainer import train_family
+    from .train import train_family
 
-    store = get_acts(cfg, seed, progress=progress)
-    tcfg = trainer_config(cfg)
-    art = family_artifact(cfg, store)
-    if not _ready(art):
+    build = family_build(cfg, seed, progress)
+    store, art, tcfg = build.store, build.artifact, build.tcfg
+    if not build.ready:
         work = art.begin(resume=True)
         resumed = (work / "checkpoint.json").exists()
         _say(f"training dictionaries {list(cfg.dict.sizes)} ({cfg.dict.recipe}) on LM seed {seed}: "
@@ -446,13 +467,13 @@ def get_features(cfg: Config, seed: int, n: int, snapshot_step: int | None = Non
     from .features import feature_acts, firing_counts
     from .metrics import density_stats
 
-    from .trainer import resolve_matmul_dtype
+    from .precision import matmul_dtype
 
     fam = get_family(cfg, seed, progress)
     store = get_acts(cfg, seed, "analysis", progress)
     train_store = get_acts(cfg, seed, progress=progress)
     # the encoder GEMM in the precision the dictionaries were trained with (bf16 where it is fast)
-    mm_dtype = resolve_matmul_dtype(cfg.dict.matmul_dtype, torch.device(cfg.device))
+    mm_dtype = matmul_dtype(cfg.dict.matmul_dtype, cfg.device)
     art = _cache(cfg).artifact("features", {"n": n, "snapshot_step": snapshot_step, "eval_tokens": cfg.lm.eval_tokens,
                                             "ultralow_density": cfg.analysis.ultralow_density,
                                             "matmul_dtype": str(mm_dtype).replace("torch.", "")},
@@ -504,3 +525,66 @@ def sae_metrics(cfg: Config, seed: int, n: int, snapshot_step: int | None = None
                                                 "snapshot_step": snapshot_step, **ev})
         art.seal()
     return json.loads((art.path / "stats.json").read_text())
+
+
+# --- logit effects -------------------------------------------------------------------------------
+
+@dataclass
+class LogitEffects:
+    """Direct logit effects of one dictionary's features (or of the neurons) of LM ``seed``."""
+
+    folder: Path
+    key: str
+
+    @property
+    def info(self) -> dict:
+        return json.loads((self.folder / "info.json").read_text())
+
+    def matrix(self) -> np.ndarray:
+        """float32 ``[n, vocab]``; only kept up to ``effects.DENSE_LIMIT`` entries (else use :meth:`top`)."""
+        f = self.folder / "effects.npy"
+        if not f.is_file():
+            raise PipelineError(f"logit effects {self.info['shape']} are kept as top-{self.info['k']} rows only; "
+                                "use LogitEffects.top()")
+        return np.load(f)
+
+    def top(self) -> tuple[np.ndarray, np.ndarray]:
+        """Each row's top-k by magnitude: int32 ``index [n, k]``, float32 ``value [n, k]``."""
+        if (self.folder / "effects.npy").is_file():
+            from .effects import top_of
+
+            return top_of(self.matrix(), self.info["k"])
+        return np.load(self.folder / "top_index.npy"), np.load(self.folder / "top_value.npy")
+
+
+def get_logit_effects(cfg: Config, seed: int, n: int | None = None, snapshot_step: int | None = None,
+                      progress: bool = True, k: int = 256) -> LogitEffects:
+    """Logit effects ``[n, vocab]`` of dictionary ``n`` of LM ``seed`` (``n=None``: its ``d_mlp`` neurons).
+
+    Decoder rows through the LM's direct path (MLP output weights, final LN, unembedding); the whole
+    matrix while it has at most ``effects.DENSE_LIMIT`` entries, else each row's top ``k`` by magnitude.
+    """
+    from .effects import DENSE_LIMIT, logit_effects, top_effects
+
+    lm = get_lm(cfg, seed, progress)
+    deps = {"lm": lm.key}
+    if n is not None:
+        fam = get_family(cfg, seed, progress)
+        deps["dicts"] = fam.key
+    art = _cache(cfg).artifact("effects", {"n": n, "snapshot_step": snapshot_step, "k": k}, deps, VERSIONS["effects"])
+    if not _ready(art):
+        work = art.begin(resume=False)
+        path = {name: w.numpy() for name, w in lm.model().direct_path().items()}
+        W_dec = (np.eye(cfg.model.d_mlp, dtype=np.float32) if n is None
+                 else fam.sae(n, snapshot_step).W_dec.detach().numpy())  # [n, d_mlp]
+        shape = [int(W_dec.shape[0]), int(path["W_U"].shape[1])]
+        if shape[0] * shape[1] <= DENSE_LIMIT:
+            np.save(work / "effects.npy", logit_effects(W_dec, path["W_out"], path["W_U"], path["ln_scale"]))
+        else:
+            idx, val = top_effects(W_dec, path["W_out"], path["W_U"], path["ln_scale"], k=k)
+            np.save(work / "top_index.npy", idx)
+            np.save(work / "top_value.npy", val)
+        atomic_write_json(work / "info.json", {"shape": shape, "k": k, "seed": seed, "n": n,
+                                               "snapshot_step": snapshot_step})
+        art.seal()
+    return LogitEffects(art.path, art.key)

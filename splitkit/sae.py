@@ -9,7 +9,7 @@ Form (the paper's, with row-vector shapes)::
 
 Parameters (fp32): ``W_enc [d_in, n]``, ``b_enc [n]``, ``W_dec [n, d_in]`` (one dictionary
 direction per row), ``b_dec [d_in]``. The methods here are the plain autograd reference; the
-trainer (`splitkit.trainer`) runs its own hand-written forward and backward for speed.
+trainer (`splitkit.train`) runs its own hand-written forward and backward for speed.
 
 Files: ``save``/``load`` write our layout, ``cfg.json`` (versioned) + ``sae_weights.safetensors``;
 ``to_saelens``/``from_saelens`` write and read SAELens' layout (v6: ``cfg.json`` with ``d_in``,

@@ -44,7 +44,7 @@ def main(argv=None) -> int:
         if cfg.seed_a == cfg.seed_b:
             raise ConfigError(f"--seed-a and --seed-b must differ (both {cfg.seed_a})")
         from splitkit.report import write_universality
-        from splitkit.universality import run_universality
+        from splitkit.analyses.universality import run_universality
 
         t0 = time.perf_counter()
         res = run_universality(cfg, progress=not args.quiet)

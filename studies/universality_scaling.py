@@ -54,9 +54,9 @@ def main(argv=None) -> int:
                         "so far (e.g. while the grid runs in the background)")
     args = p.parse_args(argv)
     with friendly_errors():
-        from splitkit.config import ConfigError, parse_counts, parse_sizes
+        from splitkit.analyses.scaling import run_scaling
+        from splitkit.config import ConfigError, get_scaling_preset, parse_counts, parse_sizes
         from splitkit.report.scaling import write_scaling
-        from splitkit.scaling import get_scaling_preset, run_scaling
 
         cfg = config_from_args(args)
         over = {k: v for k, v in (("seed_a", args.seed_a), ("seed_b", args.seed_b)) if v is not None}

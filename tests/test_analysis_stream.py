@@ -8,7 +8,7 @@ import pytest
 import scipy.sparse as sp
 import torch
 
-from splitkit import matching
+from splitkit import correlation
 from splitkit.config import ConfigError
 
 
@@ -17,14 +17,14 @@ def test_cross_moments_equal_the_full_correlation_matrix():
     n = 6000
     A = sp.random(n, 90, density=0.04, random_state=1, format="csr", dtype=np.float32)
     B = (A[:, :60] * 2 + sp.random(n, 60, density=0.02, random_state=2, format="csr", dtype=np.float32)).tocsr()
-    full = matching.correlation_matrix(A, B)
-    cm = matching.CrossMoments(90, 60)
+    full = correlation.correlation_matrix(A, B)
+    cm = correlation.CrossMoments(90, 60)
     for t0 in range(0, n, 2500):  # uneven chunks
         cm.update(A[t0 : t0 + 2500], B[t0 : t0 + 2500])
     assert cm.n_tokens == n
     np.testing.assert_allclose(cm.correlation(), full, atol=1e-9)
     val, idx = cm.max_correlation(block=16)
-    top = matching.max_correlation(A, B, k=1)
+    top = correlation.max_correlation(A, B, k=1)
     np.testing.assert_allclose(val, top.value[:, 0], atol=1e-6)
     assert (idx[:60] == np.arange(60)).all()  # B's column j is 2 x A's column j plus noise
     np.testing.assert_array_equal(cm.nnz_a, np.diff(A.tocsc().indptr))
@@ -32,15 +32,15 @@ def test_cross_moments_equal_the_full_correlation_matrix():
     # dense columns with a large mean and a small spread keep their digits (first-chunk shift)
     X = rng.normal(size=(n, 20)) * 0.01 + 100.0
     Y = X[:, :10] * 3 + rng.normal(size=(n, 10)) * 0.01
-    cm = matching.CrossMoments(20, 10)
+    cm = correlation.CrossMoments(20, 10)
     for t0 in range(0, n, 1000):
         cm.update(X[t0 : t0 + 1000], Y[t0 : t0 + 1000])
-    np.testing.assert_allclose(cm.correlation(), matching.correlation_matrix(X, Y), atol=1e-5)
+    np.testing.assert_allclose(cm.correlation(), correlation.correlation_matrix(X, Y), atol=1e-5)
 
     # a row map pairs A's token t with B's token b_rows[t]: the same as permuting B's rows
     perm = rng.permutation(n)
-    cm = matching.CrossMoments(90, 60).update(A, B, perm)
-    np.testing.assert_allclose(cm.correlation(), matching.correlation_matrix(A, B[perm]), atol=1e-9)
+    cm = correlation.CrossMoments(90, 60).update(A, B, perm)
+    np.testing.assert_allclose(cm.correlation(), correlation.correlation_matrix(A, B[perm]), atol=1e-9)
     with pytest.raises(ValueError, match="columns"):
         cm.update(A[:10, :50], B[:10])
     with pytest.raises(ValueError, match="same tokens"):
@@ -89,8 +89,8 @@ def test_stream_equals_the_in_memory_path(smoke_cfg):
     """The same tokens through the streaming pass give the stored path's correlations and counts."""
     from splitkit import pipeline as P
     from splitkit.analysis_stream import stream_universality
-    from splitkit.scaling import universality_figures
-    from splitkit.trainer import resolve_matmul_dtype
+    from splitkit.analyses.universality import universality_figures
+    from splitkit.precision import matmul_dtype
 
     cfg = smoke_cfg
     n = cfg.dict.sizes[0]
@@ -101,7 +101,7 @@ def test_stream_equals_the_in_memory_path(smoke_cfg):
     fams = {s: P.get_family(cfg, s, progress=False) for s in (cfg.seed_a, cfg.seed_b)}
     tokens = P.analysis_tokens(cfg, cfg.analysis.n_tokens, progress=False)
     assert len(tokens) == len(stores[0])
-    mm = resolve_matmul_dtype(cfg.dict.matmul_dtype, torch.device("cpu"))
+    mm = matmul_dtype(cfg.dict.matmul_dtype, torch.device("cpu"))
     res, timing = stream_universality(
         P.get_lm(cfg, cfg.seed_a).model(), P.get_lm(cfg, cfg.seed_b).model(), tokens,
         {"d": (fams[cfg.seed_a].sae(n), fams[cfg.seed_b].sae(n))}, chunk_tokens=8192, matmul_dtype=mm,

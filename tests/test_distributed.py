@@ -17,7 +17,7 @@ from safetensors.torch import load_file, save_file
 from splitkit.distributed import DataParallelReducer, deal_sizes, train_family_distributed
 from studies.dictionaries import main
 from splitkit.sae import SAEConfig, SparseAutoencoder
-from splitkit.trainer import FamilyTrainer, TensorSource, TrainerConfig, sae_step, train_family
+from splitkit.train import FamilyTrainer, TensorSource, TrainerConfig, sae_step, train_family
 
 PARAMS = ("W_enc", "b_enc", "W_dec", "b_dec")
 ROOT = Path(__file__).resolve().parents[1]
@@ -236,7 +236,7 @@ def test_cli_bad_input_is_one_line(tmp_path, capsys):
 @pytest.mark.heavy
 def test_torchrun_cli_builds_the_cached_family(smoke_cfg, monkeypatch):
     from splitkit import pipeline as P
-    from splitkit import trainer as T
+    from splitkit import train as T
     from splitkit.activations import StoreSource
 
     cfg = smoke_cfg.with_overrides(dict={"sizes": (48, 80)})  # a family no other test trains

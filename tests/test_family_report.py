@@ -71,7 +71,7 @@ def test_dictionaries_study_writes_the_family_report(smoke_cfg, tmp_path, monkey
     assert "density_hist.png" in (out / "report.md").read_text()
 
     # A second run finds the family and its metrics in the cache: nothing is trained again.
-    from splitkit import trainer
+    from splitkit import train as trainer
 
     def no_training(*args, **kwargs):
         raise AssertionError("the second run retrained the cached family")

@@ -8,9 +8,9 @@ import pytest
 import scipy.sparse as sp
 import torch
 
-from splitkit.config import ConfigError, parse_counts
+from splitkit.analyses.universality import counted_mask, universality_figures
+from splitkit.config import ConfigError, ScalingConfig, parse_counts
 from splitkit.sae import SAEConfig, SparseAutoencoder
-from splitkit.scaling import ScalingConfig, paper_counted, universality_figures
 
 
 def _sae_from_directions(D: np.ndarray, threshold: float) -> SparseAutoencoder:
@@ -57,7 +57,7 @@ def test_planted_shared_fraction_is_recovered(shared):
 
 def test_paper_exclusion_counts():
     counts = np.array([0, 1, 9, 10, 500])
-    assert paper_counted(counts, 1_000_000, 1e-5).tolist() == [False, False, False, True, True]
+    assert counted_mask(counts, 1_000_000, 1e-5).tolist() == [False, False, False, True, True]
 
 
 def test_parse_counts_and_grid_validation():

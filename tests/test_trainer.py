@@ -1,4 +1,4 @@
-"""Tests for splitkit.trainer on planted structure: gradients, recovery, resampling, resume, families."""
+"""Tests for splitkit.train on planted structure: gradients, recovery, resampling, resume, families."""
 
 import json
 
@@ -6,17 +6,10 @@ import pytest
 import torch
 
 from splitkit.sae import SAEConfig, SparseAutoencoder
-from splitkit.trainer import (
-    ActivationSource,
-    FamilyTrainer,
-    TensorSource,
-    TrainerConfig,
-    _Member,
-    _resample,
-    geometric_median,
-    sae_step,
-    train_family,
-)
+from splitkit.train import ActivationSource, FamilyTrainer, TensorSource, TrainerConfig, sae_step, train_family
+from splitkit.train.member import Member
+from splitkit.train.recipes import geometric_median
+from splitkit.train.resample import resample
 
 PARAMS = ("W_enc", "b_enc", "W_dec", "b_dec")
 
@@ -180,14 +173,14 @@ def test_resample_sets_directions_and_resets_adam_moments():
     trainer = FamilyTrainer([sae], src, cfg)
     for _ in range(5):
         trainer.train_step()
-    m: _Member = trainer.members[0]
+    m: Member = trainer.members[0]
     dead = torch.tensor([3, 17, 40])
     m.steps_since_fired.zero_()
     m.steps_since_fired[dead] = 1000
     live = torch.ones(64, dtype=torch.bool)
     live[dead] = False
     live_norm = sae.W_enc[:, live].norm(dim=0).mean()
-    rec = _resample(m, src, 5, cfg, torch.device("cpu"))
+    rec = resample(m, src, 5, cfg, torch.device("cpu"))
     assert rec["n_resampled"] == 3
     torch.testing.assert_close(sae.W_dec[dead].norm(dim=1), torch.ones(3))
     torch.testing.assert_close(sae.W_enc[:, dead].norm(dim=0), torch.full((3,), 0.2 * live_norm.item()))

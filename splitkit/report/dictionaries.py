@@ -15,7 +15,8 @@ import pandas as pd
 
 from ..cache import atomic_write_bytes, atomic_write_json
 from ..metrics import METRIC_DEFINITIONS
-from .common import provenance, save_figure, write_table
+from ..provenance import provenance
+from .common import save_figure, write_table
 
 # Columns of metrics.csv taken as they are from each dictionary's stats, in this order.
 _STAT_COLUMNS = ("n_features", "mse", "fvu", "l0", "loss_recovered_zero", "loss_recovered_mean", "dead_frac",

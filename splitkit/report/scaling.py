@@ -9,8 +9,9 @@ import pandas as pd
 
 from ..cache import atomic_write_bytes, atomic_write_json
 from ..metrics import METRIC_DEFINITIONS
-from ..universality import PAPER_FIGURES
-from .common import provenance, save_figure, write_table
+from ..analyses.universality import PAPER_FIGURES
+from ..provenance import provenance
+from .common import save_figure, write_table
 
 # per-point lists (density curves) stay in the JSON files, not in the flat table
 _NESTED = ("density_curve_features", "density_curve_neurons")

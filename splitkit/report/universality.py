@@ -8,8 +8,9 @@ import numpy as np
 
 from ..cache import atomic_write_bytes, atomic_write_json
 from ..metrics import METRIC_DEFINITIONS
-from ..universality import PAPER_FIGURES
-from .common import provenance, save_figure, write_table
+from ..analyses.universality import PAPER_FIGURES
+from ..provenance import provenance
+from .common import save_figure, write_table
 
 
 def _fig_hist(res):

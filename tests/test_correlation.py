@@ -1,11 +1,13 @@
-"""Tests of splitkit.matching on planted data: exact references, permutations, duplicates."""
+"""Tests of splitkit.correlation and splitkit.effects on planted data: exact references, permutations, duplicates."""
 
 import numpy as np
 import pandas as pd
 import pytest
 import scipy.sparse as sp
 
-from splitkit import matching as M
+from splitkit import correlation as M
+from splitkit import effects as E
+from splitkit.correlation import engine
 
 SPARSE_ENGINES = ["numba", "scipy", "dense"] if M.HAVE_NUMBA else ["scipy", "dense"]
 
@@ -91,8 +93,8 @@ def test_sparse_topk_equals_corrcoef(pair_with_dead, engine, chunk, k):
 
 
 def test_without_numba_falls_back_to_scipy(pair_with_dead, monkeypatch):
-    monkeypatch.setattr(M, "HAVE_NUMBA", False)
-    monkeypatch.setattr(M, "_NUMBA_OK", None)
+    monkeypatch.setattr(engine, "HAVE_NUMBA", False)
+    monkeypatch.setattr(engine, "_NUMBA_OK", None)
     a, b = pair_with_dead
     tk = M.max_correlation(a, b, k=3, chunk=5)
     assert tk.meta["engine"] == "scipy"
@@ -289,12 +291,12 @@ def test_paired_correlation_and_attribution():
     L_a = rng.normal(size=(8, 11))
     L_b = rng.normal(size=(5, 11))
     nxt = rng.integers(0, 11, 400)
-    xa = M.attribution_vectors(a, L_a, nxt)
+    xa = E.attribution_vectors(a, L_a, nxt)
     explicit = np.array([[a[t, i] * L_a[i, nxt[t]] for i in range(8)] for t in range(400)])
     np.testing.assert_allclose(xa.toarray(), explicit, atol=1e-6)
-    np.testing.assert_allclose(M.attribution_vectors(a.toarray(), L_a, nxt), explicit, atol=1e-6)
-    sim = M.attribution_similarity(a, b, L_a, L_b, nxt, ia, ib)
-    xb = M.attribution_vectors(b, L_b, nxt)
+    np.testing.assert_allclose(E.attribution_vectors(a.toarray(), L_a, nxt), explicit, atol=1e-6)
+    sim = E.attribution_similarity(a, b, L_a, L_b, nxt, ia, ib)
+    xb = E.attribution_vectors(b, L_b, nxt)
     np.testing.assert_allclose(sim, M.paired_correlation(xa, xb, ia, ib), equal_nan=True)
 
 
@@ -305,15 +307,15 @@ def test_logit_effects_equal_explicit_composition():
     W_out = rng.normal(size=(d_mlp, d_model))
     W_U = rng.normal(size=(d_model, vocab))
     g = rng.uniform(0.5, 2.0, d_model)
-    plain = M.logit_effects(W_dec, W_out, W_U)
-    with_ln = M.logit_effects(W_dec, W_out, W_U, ln_scale=g)
+    plain = E.logit_effects(W_dec, W_out, W_U)
+    with_ln = E.logit_effects(W_dec, W_out, W_U, ln_scale=g)
     for f in range(n):
         v = np.array([sum(W_dec[f, m] * W_out[m, d] for m in range(d_mlp)) for d in range(d_model)])
         np.testing.assert_allclose(plain[f], v @ W_U, rtol=1e-5, atol=1e-5)
         centred = (v - v.mean()) * g
         want = np.array([sum(centred[d] * W_U[d, t] for d in range(d_model)) for t in range(vocab)])
         np.testing.assert_allclose(with_ln[f], want, rtol=1e-5, atol=1e-5)
-    neurons = M.logit_effects(np.eye(d_mlp), W_out, W_U)
+    neurons = E.logit_effects(np.eye(d_mlp), W_out, W_U)
     np.testing.assert_allclose(neurons, W_out @ W_U, rtol=1e-5, atol=1e-5)
     assert plain.shape == (n, vocab) and plain.dtype == np.float32
 
@@ -323,7 +325,7 @@ def test_rowwise_corr_and_logit_effect_match():
     X = rng.normal(size=(6, 40))
     Y = X * 0.5 + rng.normal(size=(6, 40))
     Y[3] = 2.0  # constant row
-    r = M.rowwise_corr(X, Y)
+    r = E.rowwise_corr(X, Y)
     for i in range(6):
         if i == 3:
             assert np.isnan(r[i])
@@ -331,7 +333,7 @@ def test_rowwise_corr_and_logit_effect_match():
             assert r[i] == pytest.approx(np.corrcoef(X[i], Y[i])[0, 1], abs=1e-12)
     LA = rng.normal(size=(10, 50))
     LB = np.concatenate([LA[::-1] + 0.3 * rng.normal(size=(10, 50)), rng.normal(size=(4, 50))])
-    tk = M.logit_effect_match(LA, LB, k=3)
+    tk = E.logit_effect_match(LA, LB, k=3)
     check_topk(tk, np.corrcoef(LA, LB)[:10, 10:], 3)
     np.testing.assert_array_equal(tk.index[:, 0], np.arange(10)[::-1])
 
@@ -356,8 +358,8 @@ def test_bad_inputs_raise_value_error(pair_with_dead):
     with pytest.raises(ValueError, match="assignment"):
         M.match(a, b, assignment="best")
     with pytest.raises(ValueError, match="disagree"):
-        M.logit_effects(np.zeros((3, 4)), np.zeros((5, 6)), np.zeros((6, 7)))
+        E.logit_effects(np.zeros((3, 4)), np.zeros((5, 6)), np.zeros((6, 7)))
     with pytest.raises(ValueError, match="ln_scale"):
-        M.logit_effects(np.zeros((3, 4)), np.zeros((4, 6)), np.zeros((6, 7)), ln_scale=np.ones(5))
+        E.logit_effects(np.zeros((3, 4)), np.zeros((4, 6)), np.zeros((6, 7)), ln_scale=np.ones(5))
     with pytest.raises(ValueError, match="mask"):
         M.summarize(M.match(a, b, k=1), mask=np.ones(3, bool))

@@ -32,90 +32,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import matching
-from .cache import atomic_write_json, stable_hash
-from .config import Config, ConfigError, _Section
+from ..cache import atomic_write_json, stable_hash
+from ..config import Config, ConfigError, ScalingConfig
+from ..provenance import command_line, git_revision
+from ..train import get_recipe
+from .universality import density_curve, summarize_units, universality_figures
 
 #: bump when a grid point's figures for the same inputs would change
 POINT_VERSION = 1
-
-
-@dataclass(frozen=True)
-class ScalingConfig(_Section):
-    """The grid. Budgets and analysis token counts are in tokens; the largest budget is the run's end.
-
-    Each recipe has its own sparsity setting (the same for every size, as in the paper's family):
-    ``paper_l1_coeff`` and ``l1_decnorm_coeff`` are lambda of those recipes, ``topk_k`` is k.
-    """
-
-    recipes: tuple[str, ...] = ("l1_decnorm", "paper", "topk")
-    sizes: tuple[int, ...] = (1024, 2048, 4096)
-    budgets: tuple[int, ...] = (500_000, 1_000_000, 2_000_000, 4_000_000, 8_000_000)
-    # The paper recipe's budgets, when they differ (None: ``budgets``). By default the same 16x span
-    # one octave lower, 0.25M-4M: its families (three sizes, resampling) train at about 3k tokens/s
-    # on the 2-core CPU, and 8M tokens for both runs would take most of two working sessions.
-    paper_budgets: tuple[int, ...] | None = (250_000, 500_000, 1_000_000, 2_000_000, 4_000_000)
-    # up to 4M: the stdlib's analysis split (stored); 16M continues into held-out package sources (streamed)
-    analysis_tokens: tuple[int, ...] = (250_000, 500_000, 1_000_000, 2_000_000, 4_000_000, 16_000_000)
-    # lambdas that give L0 ~15-20 at 4096 features on the stdlib LMs (measured: docs/results.md)
-    paper_l1_coeff: float = 1.2e-3
-    l1_decnorm_coeff: float = 1.6e-3
-    topk_k: int = 16
-    density_bins_at: int = 4096  # size whose per-density curve is kept for every point
-    # Analysis sets past the corpus's analysis split are streamed (``analysis_stream``): every point
-    # costs a pass of its encoders over the whole set (16M tokens: ~5 min per 4096 features and run
-    # on the 2-core CPU). "ends" measures them at each recipe's first and last budget (the analysis
-    # axis's budget and the most trained), "last" at the last only, "all" at every budget.
-    stream_budgets: str = "ends"
-
-    def __post_init__(self):
-        for name in ("recipes", "sizes", "budgets", "analysis_tokens"):
-            v = getattr(self, name)
-            if isinstance(v, list):
-                object.__setattr__(self, name, tuple(v))
-            if not getattr(self, name):
-                raise ConfigError(f"scaling.{name} must not be empty")
-        if self.paper_budgets is not None and not self.paper_budgets:
-            raise ConfigError("scaling.paper_budgets must be None (the same as budgets) or not empty")
-        if self.stream_budgets not in ("ends", "last", "all"):
-            raise ConfigError(f"scaling.stream_budgets must be 'ends', 'last' or 'all', got {self.stream_budgets!r}")
-        bad = [r for r in self.recipes if r not in ("paper", "l1_decnorm", "topk")]
-        if bad:
-            raise ConfigError(f"scaling.recipes: unknown recipe(s) {bad}; choose from paper, l1_decnorm, topk")
-        if isinstance(self.paper_budgets, list):
-            object.__setattr__(self, "paper_budgets", tuple(self.paper_budgets))
-        for name in ("sizes", "budgets", "analysis_tokens") + (("paper_budgets",) if self.paper_budgets else ()):
-            v = getattr(self, name)
-            if any((not isinstance(x, int)) or x <= 0 for x in v) or list(v) != sorted(set(v)):
-                raise ConfigError(f"scaling.{name} must be increasing positive integers, got {list(v)}")
-
-    def budgets_for(self, recipe: str) -> tuple[int, ...]:
-        """The SAE budgets of ``recipe``'s families (the largest ends the run)."""
-        return self.paper_budgets if recipe == "paper" and self.paper_budgets else self.budgets
-
-    def streamed_budgets_for(self, recipe: str) -> tuple[int, ...]:
-        """The budgets of ``recipe`` measured on streamed analysis sets (see ``stream_budgets``)."""
-        b = self.budgets_for(recipe)
-        return {"all": b, "last": b[-1:], "ends": tuple(sorted({b[0], b[-1]}))}[self.stream_budgets]
-
-
-SCALING_PRESETS = {
-    "smoke": ScalingConfig(recipes=("l1_decnorm", "paper"), sizes=(64, 128), budgets=(20_480, 40_960, 81_920),
-                           paper_budgets=None, stream_budgets="all",
-                           analysis_tokens=(10_000, 30_000), paper_l1_coeff=1e-3, l1_decnorm_coeff=1e-3,
-                           topk_k=8, density_bins_at=128),
-    "default": ScalingConfig(),
-    "paper": ScalingConfig(recipes=("paper", "l1_decnorm", "topk"), sizes=(1024, 2048, 4096, 8192, 16384),
-                           budgets=(1 << 22, 1 << 24, 1 << 26, 1 << 28), paper_budgets=None,
-                           analysis_tokens=(1 << 20, 1 << 22, 1 << 24),
-                           density_bins_at=4096),
-}
-
-
-def get_scaling_preset(name: str) -> ScalingConfig:
-    if name not in SCALING_PRESETS:
-        raise ConfigError(f"unknown preset {name!r}; choose one of {sorted(SCALING_PRESETS)}")
-    return SCALING_PRESETS[name]
 
 
 def recipe_config(cfg: Config, sc: ScalingConfig, recipe: str, stored_analysis: int | None = None) -> Config:
@@ -128,7 +52,7 @@ def recipe_config(cfg: Config, sc: ScalingConfig, recipe: str, stored_analysis: 
     budgets = sc.budgets_for(recipe)
     d = {"sizes": tuple(sc.sizes), "recipe": recipe, "n_tokens": budgets[-1],
          "snapshot_tokens": tuple(budgets[:-1]), "l1_warmup_tokens": None, "lr_decay_frac": None}
-    if recipe == "topk":
+    if get_recipe(recipe).uses_k:
         d["k"] = sc.topk_k
     else:
         d["l1_coeff"] = sc.l1_decnorm_coeff if recipe == "l1_decnorm" else sc.paper_l1_coeff
@@ -146,66 +70,6 @@ def budget_steps(cfg_r: Config, sc: ScalingConfig) -> list[tuple[int, int | None
     return out
 
 
-# ------------------------------------------------------------------------------------------------
-# One grid point
-# ------------------------------------------------------------------------------------------------
-
-def paper_counted(counts: np.ndarray, n_tokens: int, ultralow_density: float) -> np.ndarray:
-    """The paper's exclusion: alive and not ultralow density (``counts / n_tokens >= ultralow_density``)."""
-    counts = np.asarray(counts)
-    return (counts > 0) & (counts / n_tokens >= ultralow_density)
-
-
-def _corr_block(corr: np.ndarray, mask: np.ndarray) -> dict:
-    sel = mask & np.isfinite(corr)
-    v = corr[sel]
-    if not len(v):
-        return {"n": 0, "median": None, "mean": None, "frac_gt_0.5": None, "frac_gt_0.7": None}
-    return {"n": int(len(v)), "median": float(np.median(v)), "mean": float(np.mean(v)),
-            "frac_gt_0.5": float(np.mean(v > 0.5)), "frac_gt_0.7": float(np.mean(v > 0.7))}
-
-
-def density_curve(density: np.ndarray, corr: np.ndarray, edges=None) -> list[dict]:
-    """Median best-match correlation per log10-density bin (half-decade bins): which units are universal."""
-    edges = np.arange(-7.0, 0.01, 0.5) if edges is None else edges
-    ld = np.log10(np.clip(density, 1e-12, None))
-    rows = []
-    for lo, hi in zip(edges[:-1], edges[1:]):
-        sel = (ld >= lo) & (ld < hi) & np.isfinite(corr) & (density > 0)
-        if sel.any():
-            rows.append({"log10_density_lo": float(lo), "n": int(sel.sum()),
-                         "median_corr": float(np.median(corr[sel])), "mean_corr": float(np.mean(corr[sel]))})
-    return rows
-
-
-def universality_figures(FA, FB, ultralow_density: float, shuffle_seed: int = 0) -> dict:
-    """Max activation correlation of A's units with B's over the same tokens, with its chance level.
-
-    ``FA: [n_tokens, n_a]``, ``FB: [n_tokens, n_b]`` (CSR or dense). Returns the per-unit arrays
-    (``corr``, ``chance``, ``counts``) and the summaries over the ``paper``-counted and all alive units.
-    """
-    A, B = matching.prepare(FA, "acts A"), matching.prepare(FB, "acts B")  # column statistics once
-    corr = matching.max_correlation(A, B, k=1, dtype=np.float32).value[:, 0].astype(np.float64)
-    chance = matching.shuffled_baseline(A, B, seed=shuffle_seed, k=1, dtype=np.float32).value[:, 0].astype(np.float64)
-    return summarize_units(corr, chance, A.nnz, A.n_tokens, ultralow_density)
-
-
-def summarize_units(corr: np.ndarray, chance: np.ndarray, counts: np.ndarray, n_tok: int,
-                    ultralow_density: float) -> dict:
-    """The figures of :func:`universality_figures` from per-unit best-match ``corr [n_a]``, ``chance [n_a]``
-    and firing ``counts [n_a]`` over ``n_tok`` tokens (from memory or from a stream)."""
-    counts = np.asarray(counts)
-    alive = counts > 0
-    counted = paper_counted(counts, n_tok, ultralow_density)
-    return {
-        "corr": corr, "chance": chance, "counts": counts,
-        "paper": _corr_block(corr, counted), "all_alive": _corr_block(corr, alive),
-        "chance_paper_median": _corr_block(chance, counted)["median"],
-        "chance_all_alive_median": _corr_block(chance, alive)["median"],
-        "n_dead": int((~alive).sum()), "n_ultralow": int((alive & ~counted).sum()),
-    }
-
-
 def _flat(prefix: str, block: dict) -> dict:
     return {f"{prefix}_{k}": v for k, v in block.items()}
 
@@ -215,7 +79,7 @@ def _flat(prefix: str, block: dict) -> dict:
 # ------------------------------------------------------------------------------------------------
 
 def _neuron_baseline(cfg: Config, n_t: int, cache: dict, progress: bool) -> dict:
-    from . import pipeline as P
+    from .. import pipeline as P
 
     if n_t in cache:
         return cache[n_t]
@@ -251,8 +115,7 @@ def run_scaling(cfg: Config, sc: ScalingConfig, out: str | Path, progress: bool 
     ``only``: shell-style patterns of point ids (``{recipe}-n{size}-t{budget}-a{analysis tokens}``);
     only the unfinished points matching one are measured, the others are read back if finished.
     """
-    from . import pipeline as P
-    from .report.common import command_line, git_revision
+    from .. import pipeline as P
 
     out = Path(out)
     (out / "points").mkdir(parents=True, exist_ok=True)
@@ -352,7 +215,7 @@ def _point_filter(sc: ScalingConfig, streamed: list[int], only):
 
 def _measure(cfg, cfg_r, sc, recipe, n, budget, step, todo, keys, fams, neuron_cache, out, revision,
              progress, log) -> list[dict]:
-    from . import pipeline as P
+    from .. import pipeline as P
 
     t0 = time.perf_counter()
     fs = {s: P.get_features(cfg_r, s, n, step, progress) for s in (cfg.seed_a, cfg.seed_b)}
@@ -399,9 +262,9 @@ def _measure_stream(cfg, cfg_r, sc, recipe, n_t, n_split, items, fams, out, revi
     """Every point of ``items`` (``(n, budget, step, key)``) on ``n_t`` analysis tokens in one streaming pass."""
     import torch
 
-    from . import pipeline as P
-    from .analysis_stream import stream_universality
-    from .trainer import resolve_matmul_dtype
+    from .. import pipeline as P
+    from ..analysis_stream import stream_universality
+    from ..precision import matmul_dtype
 
     t0 = time.perf_counter()
     tokens = P.analysis_tokens(cfg, n_t, progress)
@@ -411,7 +274,7 @@ def _measure_stream(cfg, cfg_r, sc, recipe, n_t, n_split, items, fams, out, revi
         pairs[point_id(recipe, n, budget, n_t)] = tuple(fams[s].sae(n, step) for s in (cfg.seed_a, cfg.seed_b))
     log(f"[scaling] {recipe}: streaming {len(tokens):,} analysis tokens ({min(n_t, n_split):,} from the split, "
         f"{max(0, len(tokens) - n_split):,} from package sources) through {len(pairs)} dictionary pairs ...")
-    mm = resolve_matmul_dtype(cfg_r.dict.matmul_dtype, torch.device(cfg.device))
+    mm = matmul_dtype(cfg_r.dict.matmul_dtype, cfg.device)
     res, timing = stream_universality(lms[cfg.seed_a].model(cfg.device), lms[cfg.seed_b].model(cfg.device), tokens,
                                       pairs, chunk_tokens=STREAM_CHUNK_TOKENS, shuffle_seed=cfg.analysis.shuffle_seed,
                                       matmul_dtype=mm, device=cfg.device, progress=progress)

@@ -1,0 +1,83 @@
+"""Checkpoints (resume state) and snapshots of a family's members, as safetensors and JSON."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+from ..sae import SparseAutoencoder, atomic_save_tensors, atomic_write_json
+from .config import TrainerConfig
+from .member import PARAMS, TRAINER_FORMAT_VERSION, Member
+
+CHECKPOINT_POINTER = "checkpoint.json"
+
+
+def write_member(m: Member, folder: Path, step: int, with_training_state: bool) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    m.sae.save(folder)
+    atomic_save_tensors(folder / "density.safetensors", m.density_tensors())
+    if with_training_state:
+        atomic_save_tensors(folder / "optimizer.safetensors", m.optim_tensors())
+        atomic_save_tensors(folder / "stats.safetensors", m.stats_tensors())
+        atomic_write_json(folder / "state.json", m.state_json(step))  # last: marks the folder complete
+
+
+def save_checkpoint(out_dir: Path, step: int, members: list[Member], cfg: TrainerConfig,
+                     elapsed_s: float = 0.0) -> None:
+    folder = out_dir / f"checkpoint_step{step:09d}"
+    if folder.exists():
+        shutil.rmtree(folder)
+    for m in members:
+        write_member(m, folder / m.name, step, with_training_state=True)
+    atomic_write_json(folder / "family.json", {"step": step, "names": [m.name for m in members],
+                                               "trainer_config": cfg.to_dict(), "elapsed_s": elapsed_s})
+    # The pointer is written last and atomically: a crash at any point leaves the previous
+    # checkpoint in force.
+    atomic_write_json(out_dir / CHECKPOINT_POINTER, {"step": step, "folder": folder.name,
+                                                     "format_version": TRAINER_FORMAT_VERSION})
+    for old in out_dir.glob("checkpoint_step*"):
+        if old.is_dir() and old.name != folder.name:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def load_checkpoint(out_dir: Path, members: list[Member], cfg: TrainerConfig) -> tuple[int, float]:
+    """Restore every member from ``out_dir``'s checkpoint; returns (step, training seconds so far)."""
+    pointer = json.loads((out_dir / CHECKPOINT_POINTER).read_text())
+    folder = out_dir / pointer["folder"]
+    family = json.loads((folder / "family.json").read_text())
+    names = [m.name for m in members]
+    if family["names"] != names:
+        raise ValueError(f"{folder}: checkpoint holds dictionaries {family['names']}, this family is {names}")
+    saved = TrainerConfig.from_dict(family["trainer_config"])
+    if saved != cfg:
+        diff = sorted(k for k, v in saved.to_dict().items() if cfg.to_dict()[k] != v)
+        raise ValueError(f"{folder}: checkpoint was trained with a different TrainerConfig (fields {diff})")
+    step = int(pointer["step"])
+    for m in members:
+        sub = folder / m.name
+        state = json.loads((sub / "state.json").read_text())
+        if state["step"] != step:
+            raise ValueError(f"{sub}: state step {state['step']} != checkpoint step {step}")
+        loaded = SparseAutoencoder.load(sub, expect_d_in=m.sae.d_in)
+        if loaded.cfg != m.sae.cfg:
+            raise ValueError(f"{sub}: checkpoint dictionary config {loaded.cfg} != given {m.sae.cfg}")
+        with torch.no_grad():
+            for p in PARAMS:
+                getattr(m.sae, p).copy_(getattr(loaded, p))
+        m.load_optim_tensors(load_file(str(sub / "optimizer.safetensors")))
+        stats = load_file(str(sub / "stats.safetensors"))
+        dev = m.steps_since_fired.device
+        m.steps_since_fired = stats["steps_since_fired"].to(dev)
+        m.window_counts = stats["window_counts"].to(dev)
+        m.last_window_counts = stats["last_window_counts"].to(dev)
+        m.tokens_seen = int(state["tokens_seen"])
+        m.window_tokens = int(state["window_tokens"])
+        m.last_window_tokens = int(state["last_window_tokens"])
+        m.log = state["log"]
+        m.resamples = state["resamples"]
+    return step, float(family.get("elapsed_s", 0.0))
+

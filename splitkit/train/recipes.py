@@ -1,0 +1,229 @@
+"""Training recipes as objects: one class per recipe, registered by name.
+
+A recipe owns everything that differs between ways of training a dictionary: the architecture it
+trains, the initialisation, the sparsity penalty (its value and its gradient on the active
+entries), the schedules' defaults, the decoder constraint, how dead features are handled
+(resampling, or AuxK's dead latents) and the auxiliary loss's weight. The step
+(:func:`splitkit.train.step.sae_step`) and the loop (:mod:`splitkit.train.loop`) only call these
+methods; adding a recipe is writing one subclass of :class:`Recipe` and decorating it with
+:func:`register`.
+
+``"paper"`` -- Bricken et al. 2023, *Towards Monosemanticity* (Problem Setup and the appendix on
+    autoencoder training). Loss = MSE (mean over batch and input dims) + lambda * sum_i |f_i|
+    (summed over features, averaged over the batch). Adam. Decoder rows kept at unit norm: the
+    gradient component parallel to each row is removed before the Adam step and the rows are
+    re-normalised after it. b_dec starts at the geometric median of a sample of inputs (Weiszfeld).
+    Dead features are resampled at fixed steps (paper: 25k/50k/75k/100k of 1M with a 12,500-step
+    dead window; here fractions of ``n_steps``, window = half the spacing as in the paper): a
+    feature is dead if it fired on no token in the window; each dead feature gets the direction of
+    an input x drawn with probability proportional to the square of the input's reconstruction loss
+    ||x - x_hat||^2; decoder row = (x - b_dec) normalised; encoder column = the same scaled to 0.2 x
+    the mean norm of the live encoder columns; b_enc = 0; Adam moments of those rows/columns reset.
+``"l1_decnorm"`` -- Anthropic's April 2024 update ("Training Sparse Autoencoders", Circuits
+    Updates, transformer-circuits.pub/2024/april-update). Penalty lambda * sum_i f_i ||W_dec,i||;
+    decoder unconstrained; no resampling; lambda warmed up linearly over the first 5% of steps;
+    learning rate decayed linearly to 0 over the last 20%; decoder rows start with norm 0.1 and
+    the encoder at the decoder's transpose. b_dec starts at the elementwise mean of the inputs
+    (the update starts it at 0 and normalises inputs instead; centring only moves where
+    optimisation starts). Gradient clipping, also in the update, is not done here.
+``"topk"`` -- Gao et al. 2024, *Scaling and evaluating sparse autoencoders* (OpenAI). f keeps the k
+    largest pre-activations per token (ReLU'd); loss = MSE + (1/32) * AuxK, where AuxK is the MSE
+    between the main residual e = x - x_hat (held fixed) and its reconstruction from the top
+    k_aux = d_in/2 pre-activations among dead latents (dead = no firing in the window). Unit-norm
+    decoder with the parallel gradient removed; b_dec at the geometric median.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, ClassVar
+
+import torch
+
+if TYPE_CHECKING:
+    from ..sae import SparseAutoencoder
+
+_REGISTRY: dict[str, "Recipe"] = {}
+
+
+def register(cls: type["Recipe"]) -> type["Recipe"]:
+    """Class decorator: make ``cls`` (a :class:`Recipe` with a unique ``name``) available by name."""
+    if not cls.name or cls.name in _REGISTRY:
+        raise ValueError(f"recipe name {cls.name!r} is empty or taken")
+    _REGISTRY[cls.name] = cls()
+    return cls
+
+
+def recipe_names() -> tuple[str, ...]:
+    """The registered recipes' names, in registration order."""
+    return tuple(_REGISTRY)
+
+
+def get_recipe(recipe: "str | Recipe") -> "Recipe":
+    """The recipe object of ``recipe`` (a name, or a recipe object, returned as it is)."""
+    if isinstance(recipe, Recipe):
+        return recipe
+    if recipe not in _REGISTRY:
+        raise ValueError(f"unknown recipe {recipe!r}; choose one of {list(_REGISTRY)}")
+    return _REGISTRY[recipe]
+
+
+@torch.no_grad()
+def geometric_median(x: torch.Tensor, n_iter: int = 100, tol: float = 1e-6) -> torch.Tensor:
+    """Geometric median of the rows of ``x [N, d]`` by Weiszfeld's iterations -> ``[d]`` (fp32)."""
+    x = x.float()
+    y = x.mean(0)
+    for _ in range(n_iter):
+        w = 1.0 / (x - y).norm(dim=1).clamp_min(1e-8)  # [N]; clamp guards a point sitting on y
+        y_next = (w @ x) / w.sum()
+        done = (y_next - y).norm() <= tol * y.norm().clamp_min(1.0)
+        y = y_next
+        if done:
+            break
+    return y
+
+
+# ---------------------------------------------------------------------------------------------
+# Sparsity penalties: value and gradient of lambda * P(f) for one batch of B rows
+# ---------------------------------------------------------------------------------------------
+class L1Penalty:
+    """``lambda * sum_i f_i`` (f >= 0), averaged over the batch.
+
+    ``weight``: lambda, the penalty's factor in the loss. ``grad_active``: the gradient of the
+    weighted penalty with respect to an active pre-activation, per feature (a float, or ``[n]``).
+    """
+
+    def __init__(self, l1_coeff: float, batch: int) -> None:
+        self.weight = l1_coeff
+        self.batch = batch
+        self.grad_active: float | torch.Tensor = l1_coeff / batch
+
+    def sparse_value(self, W_dec: torch.Tensor, cols: torch.Tensor, vals: torch.Tensor) -> torch.Tensor:
+        """Unweighted penalty from the active pairs (``cols``, ``vals`` [nnz]); adds any decoder gradient."""
+        return vals.sum() / self.batch
+
+    def dense_value(self, W_dec: torch.Tensor, f_sum: torch.Tensor) -> torch.Tensor:
+        """Unweighted penalty from ``f_sum [n]`` (each feature's sum over the batch); adds any decoder gradient."""
+        return f_sum.sum() / self.batch
+
+
+class DecoderNormL1Penalty(L1Penalty):
+    """``lambda * sum_i f_i ||W_dec,i||``: the L1 penalty weighted by each decoder row's norm.
+
+    Norms in fp32 (bf16 would round ||row|| = 1 to 3 digits). The penalty also has a gradient on
+    ``W_dec``: ``lambda/B * S_i * W_dec,i / ||W_dec,i||`` with ``S_i`` feature i's sum over the batch.
+    """
+
+    def __init__(self, W_dec: torch.Tensor, l1_coeff: float, batch: int) -> None:
+        super().__init__(l1_coeff, batch)
+        self.dec_norm = W_dec.norm(dim=1)  # [n]
+        self.grad_active = self.dec_norm * (l1_coeff / batch)
+
+    def sparse_value(self, W_dec: torch.Tensor, cols: torch.Tensor, vals: torch.Tensor) -> torch.Tensor:
+        f_sum = torch.zeros(W_dec.shape[0], device=W_dec.device).index_add_(0, cols, vals)  # [n]
+        return self.dense_value(W_dec, f_sum)
+
+    def dense_value(self, W_dec: torch.Tensor, f_sum: torch.Tensor) -> torch.Tensor:
+        value = torch.dot(f_sum, self.dec_norm) / self.batch
+        W_dec.grad.addcmul_(W_dec, (f_sum * (self.weight / self.batch) / self.dec_norm.clamp_min(1e-12)).unsqueeze(1))
+        return value
+
+
+# ---------------------------------------------------------------------------------------------
+# Recipes
+# ---------------------------------------------------------------------------------------------
+class Recipe:
+    """How a family is trained. Subclasses set the class attributes and override what differs.
+
+    Class attributes: ``name`` (registry key); ``architecture`` ("relu" or "topk", the
+    dictionaries it trains); ``uses_k`` (its sparsity is TopK's k, not lambda); ``resamples``
+    (resample dead features at ``TrainerConfig.resolved_resample_steps``); ``unit_norm_decoder``;
+    ``l1_warmup_frac`` / ``lr_decay_frac`` (schedule defaults, shares of the run).
+    """
+
+    name: ClassVar[str] = ""
+    architecture: ClassVar[str] = "relu"
+    uses_k: ClassVar[bool] = False
+    resamples: ClassVar[bool] = False
+    unit_norm_decoder: ClassVar[bool] = True
+    l1_warmup_frac: ClassVar[float] = 0.0
+    lr_decay_frac: ClassVar[float] = 0.0
+
+    # -- initialisation
+    @torch.no_grad()
+    def init_family(self, saes: list["SparseAutoencoder"], sample: torch.Tensor) -> None:
+        """Initialise fresh dictionaries from ``sample [M, d]`` (the first batches): b_dec at the
+        geometric median of the sample."""
+        centre = geometric_median(sample)
+        for sae in saes:
+            sae.b_dec.copy_(centre)
+
+    # -- the loss
+    def penalty(self, W_dec: torch.Tensor, l1_coeff: float, batch: int) -> L1Penalty:
+        """The sparsity penalty of one step at lambda ``l1_coeff`` over ``batch`` rows."""
+        return L1Penalty(l1_coeff, batch)
+
+    def aux_latents(self, steps_since_fired: torch.Tensor, dead_window: int) -> torch.Tensor | None:
+        """bool ``[n]``: the latents an auxiliary loss reconstructs the residual from (None: no such loss)."""
+        return None
+
+    # -- the decoder constraint, around the optimiser step
+    @torch.no_grad()
+    def constrain_gradient(self, sae: "SparseAutoencoder") -> None:
+        """Before the step: unit-norm decoders drop the gradient component along each row (fp32: it
+        is the small difference of two nearly equal quantities)."""
+        if not self.unit_norm_decoder:
+            return
+        W, gW = sae.W_dec, sae.W_dec.grad
+        along = torch.bmm(gW.unsqueeze(1), W.unsqueeze(2)).view(-1, 1)  # [n, 1] row-wise dot, no temp
+        gW.addcmul_(W, along, value=-1.0)
+
+    @torch.no_grad()
+    def constrain_weights(self, sae: "SparseAutoencoder") -> None:
+        """After the step: unit-norm decoders re-normalise their rows."""
+        if self.unit_norm_decoder:
+            sae.normalize_decoder_()
+
+
+@register
+class PaperRecipe(Recipe):
+    """Towards Monosemanticity (2023): L1, unit-norm decoder, resampling of dead features."""
+
+    name = "paper"
+    resamples = True
+
+
+@register
+class L1DecNormRecipe(Recipe):
+    """Anthropic's April 2024 update: L1 weighted by decoder norms, a free decoder, schedules."""
+
+    name = "l1_decnorm"
+    unit_norm_decoder = False
+    l1_warmup_frac = 0.05
+    lr_decay_frac = 0.2
+
+    @torch.no_grad()
+    def init_family(self, saes: list["SparseAutoencoder"], sample: torch.Tensor) -> None:
+        """b_dec at the inputs' mean; decoder rows of norm 0.1, encoder = decoder transpose."""
+        centre = sample.mean(0)
+        for sae in saes:
+            sae.b_dec.copy_(centre)
+            sae.W_dec.mul_(0.1 / sae.W_dec.norm(dim=1, keepdim=True).clamp_min(1e-12))
+            sae.W_enc.copy_(sae.W_dec.t())
+
+    def penalty(self, W_dec: torch.Tensor, l1_coeff: float, batch: int) -> L1Penalty:
+        return DecoderNormL1Penalty(W_dec, l1_coeff, batch)
+
+
+@register
+class TopKRecipe(Recipe):
+    """Gao et al. (2024): k largest pre-activations, no penalty, AuxK on dead latents."""
+
+    name = "topk"
+    architecture = "topk"
+    uses_k = True
+
+    def penalty(self, W_dec: torch.Tensor, l1_coeff: float, batch: int) -> L1Penalty:
+        return L1Penalty(0.0, batch)  # no sparsity penalty: k sets the sparsity (the L1 is still reported)
+
+    def aux_latents(self, steps_since_fired: torch.Tensor, dead_window: int) -> torch.Tensor | None:
+        return steps_since_fired >= dead_window
