@@ -302,6 +302,40 @@ def test_l1_decnorm_recipe_schedules_and_free_decoder():
     assert res["saes"]["sae_128"]["resamples"] == []
 
 
+# ------------------------------------------------------------------ recipes as objects
+def test_a_new_recipe_is_one_registered_class():
+    """A recipe registered from outside the package trains through the unchanged step and loop: one
+    whose penalty doubles lambda must give, bit for bit, the paper recipe at twice the lambda."""
+    from splitkit.train import recipes
+
+    @recipes.register
+    class DoubledL1(recipes.PaperRecipe):
+        name = "test_doubled_l1"
+
+        def penalty(self, W_dec, l1_coeff, batch):
+            return recipes.L1Penalty(2 * l1_coeff, batch)
+
+    try:
+        assert "test_doubled_l1" in recipes.recipe_names()
+        X, _ = planted(n=4096, seed=4)
+        run = {}
+        for name, lam in (("test_doubled_l1", 2e-3), ("paper", 4e-3)):
+            sae = SparseAutoencoder(SAEConfig(d_in=64, n_features=96, seed=3))
+            cfg = TrainerConfig(recipe=name, n_steps=30, l1_coeff=lam, lr=3e-3, batch_size=256, resample_steps=(15,),
+                                dead_window=5, resample_n_inputs=1024)
+            res = train_family([sae], TensorSource(X, 256, seed=2), cfg, progress=False)
+            run[name] = (_weights(sae), res["saes"]["sae_96"]["log"]["l1"])
+        for p in PARAMS:
+            assert torch.equal(run["test_doubled_l1"][0][p], run["paper"][0][p]), p
+        assert run["test_doubled_l1"][1] == run["paper"][1]
+        with pytest.raises(ValueError, match="taken"):
+            recipes.register(DoubledL1)
+    finally:
+        recipes._REGISTRY.pop("test_doubled_l1", None)
+    with pytest.raises(ValueError, match="recipe"):
+        TrainerConfig(recipe="test_doubled_l1")
+
+
 # ------------------------------------------------------------------ sources and config
 def test_tensor_source_is_a_deterministic_permutation_per_epoch():
     X = torch.arange(10 * 3, dtype=torch.float32).view(10, 3)
