@@ -346,6 +346,10 @@ class ScalingConfig(_Section):
         """The SAE budgets of ``recipe``'s families (the largest ends the run)."""
         return self.paper_budgets if recipe == "paper" and self.paper_budgets else self.budgets
 
+    def l1_coeff_for(self, recipe: str) -> float:
+        """lambda of ``recipe``'s families (the L1 recipes; ``paper_l1_coeff`` unless it is l1_decnorm)."""
+        return self.l1_decnorm_coeff if recipe == "l1_decnorm" else self.paper_l1_coeff
+
     def streamed_budgets_for(self, recipe: str) -> tuple[int, ...]:
         """The budgets of ``recipe`` measured on streamed analysis sets (see ``stream_budgets``)."""
         b = self.budgets_for(recipe)

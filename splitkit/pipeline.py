@@ -588,3 +588,34 @@ def get_logit_effects(cfg: Config, seed: int, n: int | None = None, snapshot_ste
                                                "snapshot_step": snapshot_step})
         art.seal()
     return LogitEffects(art.path, art.key)
+
+
+# --- records: small JSON results of analyses, cached like every stage -----------------------------
+
+@dataclass
+class Record:
+    """One JSON record (e.g. a scaling grid point) in the cache: a folder with a manifest, sealed
+    atomically like every stage, keyed by what the record was computed from."""
+
+    artifact: Artifact
+
+    @property
+    def path(self) -> Path:
+        return self.artifact.path / "record.json"
+
+    def read(self) -> dict | None:
+        """The record when it is cached and intact, else None."""
+        return json.loads(self.path.read_text()) if _ready(self.artifact) else None
+
+    def write(self, record: dict) -> dict:
+        """Seal ``record`` as this entry (replacing any stale copy); returns it."""
+        work = self.artifact.begin(resume=False)
+        atomic_write_json(work / "record.json", record)
+        self.artifact.seal()
+        return record
+
+
+def get_record(cfg: Config, stage: str, params: dict, inputs: dict[str, str], version: int) -> Record:
+    """The cache entry of a record of ``stage`` computed with ``params`` from the artifacts ``inputs``
+    (stage keys); ``version``: the computing code's version, bumped when its figures would change."""
+    return Record(_cache(cfg).artifact(stage, params, inputs, version))

@@ -39,6 +39,15 @@ __all__ = ["SAEConfig", "SparseAutoencoder", "FORMAT_VERSION"]
 
 FORMAT_VERSION = 1
 ARCHITECTURES = ("relu", "topk")
+
+
+def strict_from_dict(cls, data: dict[str, Any]):
+    """``cls(**data)`` for a dataclass ``cls``, refusing keys it does not have (one-line ValueError)."""
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ValueError(f"{cls.__name__}.from_dict: unknown keys {unknown}; allowed {sorted(known)}")
+    return cls(**data)
 CFG_FILENAME = "cfg.json"
 WEIGHTS_FILENAME = "sae_weights.safetensors"
 _PARAM_NAMES = ("W_enc", "b_enc", "W_dec", "b_dec")
@@ -88,11 +97,7 @@ class SAEConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "SAEConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"SAEConfig.from_dict: unknown keys {unknown}; allowed {sorted(known)}")
-        return cls(**data)
+        return strict_from_dict(cls, data)
 
 
 def _read_json(path: Path) -> dict[str, Any]:

@@ -64,7 +64,9 @@ def config_from_args(args):
 
 def add_dict_args(p: argparse.ArgumentParser) -> None:
     """Dictionary options shared by the studies that train dictionaries."""
-    p.add_argument("--recipe", default=None, choices=["paper", "l1_decnorm", "topk"],
+    from splitkit.train.recipes import recipe_names
+
+    p.add_argument("--recipe", default=None, choices=list(recipe_names()),
                    help="dictionary training recipe (default: the preset's; see docs/recipes.md)")
     p.add_argument("--sae-tokens", default=None,
                    help="tokens each dictionary trains on, e.g. '2M' or '8M' (default: the preset's)")

@@ -25,8 +25,10 @@ def _items(text: str) -> tuple[str, ...]:
 
 def main(argv=None) -> int:
     p = base_parser(__doc__.split("\n\n")[0])
+    from splitkit.train.recipes import recipe_names
+
     p.add_argument("--recipes", default=None,
-                   help="comma-separated training recipes: paper, l1_decnorm, topk (default: the preset's grid)")
+                   help=f"comma-separated training recipes: {', '.join(recipe_names())} (default: the preset's grid)")
     p.add_argument("--sizes", default=None, help="dictionary sizes, e.g. '1024,2048,4096' or '1024..4096'")
     p.add_argument("--budgets", default=None,
                    help="SAE training tokens at which to measure, e.g. '500k,1M,2M,4M,8M' (the largest ends the run), "

@@ -1,6 +1,7 @@
 """Analysis sets past the corpus: held-out package text, streamed correlation sums equal to the in-memory path."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -138,9 +139,12 @@ def test_scaling_grid_streams_past_the_split(smoke_cfg, tmp_path):
     for _, row in s.iterrows():
         assert row["loss_recovered_zero_a"] == pytest.approx(m.loc[(row["n_features"], row["sae_tokens"]),
                                                                    "loss_recovered_zero_a"], abs=1e-9)
-    # finished streamed points are reused, not streamed again
-    stamps = {p.name: p.stat().st_mtime_ns for p in (out / "points").glob("*.json")}
+    # finished streamed points are cached records, reused, not streamed again
+    folders = {json.loads(f.read_text())["key"]: f for f in (Path(smoke_cfg.cache_dir) / "scaling_point").glob("*/record.json")}
+    mine = {k: folders[k] for k in df["key"]}
+    stamps = {k: f.stat().st_mtime_ns for k, f in mine.items()}
     assert study.main(argv) == 0
-    assert {p.name: p.stat().st_mtime_ns for p in (out / "points").glob("*.json")} == stamps
-    row = json.loads((out / "points" / f"l1_decnorm-n128-t82000-a{big}.json").read_text())
+    assert {k: f.stat().st_mtime_ns for k, f in mine.items()} == stamps
+    key = df.set_index("id").loc[f"l1_decnorm-n128-t82000-a{big}", "key"]
+    row = json.loads(mine[key].read_text())
     assert row["stream_points"] == 4 and "permuted within chunks" in row["chance_shuffle"]

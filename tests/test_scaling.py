@@ -1,6 +1,8 @@
 """The universality-scaling study: planted sharing recovered, chance near 0, the grid end to end."""
 
 import json
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -106,11 +108,23 @@ def test_scaling_grid_end_to_end_and_resume(smoke_cfg, tmp_path):
     for f in ("report.md", "universality_vs_sae_tokens.png", "dead_and_loss_vs_sae_tokens.png",
               "universality_vs_analysis_tokens.png", "corr_vs_density.png"):
         assert (out / f).is_file(), f
-    # a second run reuses every finished point: no point file is rewritten
-    stamps = {p.name: p.stat().st_mtime_ns for p in (out / "points").glob("*.json")}
-    assert len(stamps) == 24
+    # every point is a cached record (scaling_point stage), found by the key the table gives it
+    def records():
+        by_key = {}
+        for f in (Path(smoke_cfg.cache_dir) / "scaling_point").glob("*/record.json"):
+            row = json.loads(f.read_text())
+            by_key[row["key"]] = f.parent
+        return {k: by_key[k] for k in df["key"]} if set(df["key"]) <= set(by_key) else by_key
+
+    def stamps_of(folders):
+        return {k: (d / "record.json").stat().st_mtime_ns for k, d in folders.items()}
+
+    folders = records()
+    assert len(folders) == 24 and all((d / "manifest.json").is_file() for d in folders.values())
+    # a second run reuses every finished point: no record is rewritten
+    stamps = stamps_of(folders)
     assert study.main(argv) == 0
-    assert {p.name: p.stat().st_mtime_ns for p in (out / "points").glob("*.json")} == stamps
+    assert stamps_of(folders) == stamps
     df2 = pd.read_parquet(out / "scaling.parquet")
     pd.testing.assert_frame_equal(df.drop(columns=["features_s", "matching_s"]),
                                   df2.drop(columns=["features_s", "matching_s"]))
@@ -120,23 +134,32 @@ def test_scaling_grid_end_to_end_and_resume(smoke_cfg, tmp_path):
     pd.testing.assert_frame_equal(df.drop(columns=["features_s", "matching_s"]),
                                   pd.read_parquet(out / "scaling.parquet").drop(columns=["features_s", "matching_s"]))
     # a lost point is recomputed to the same figures
-    lost = out / "points" / "paper-n128-t41000-a30000.json"
-    before = json.loads(lost.read_text())
-    lost.unlink()
+    key_of = dict(zip(df["id"], df["key"]))
+    lost = folders[key_of["paper-n128-t41000-a30000"]]
+    before = json.loads((lost / "record.json").read_text())
+    shutil.rmtree(lost)
     assert study.main(argv) == 0
-    after = json.loads(lost.read_text())
+    after = json.loads((lost / "record.json").read_text())
     assert after["features_paper_median"] == pytest.approx(before["features_paper_median"], abs=1e-9)
     # and with --report-only a lost point stays lost (nothing is measured)
-    lost.unlink()
+    shutil.rmtree(lost)
     assert study.main(argv + ["--report-only"]) == 0
     assert len(pd.read_parquet(out / "scaling.parquet")) == 23 and not lost.exists()
     # --only measures the matching unfinished points and nothing else
-    other = out / "points" / "l1_decnorm-n64-t20000-a10000.json"
-    other.unlink()
-    stamps = {p.name: p.stat().st_mtime_ns for p in (out / "points").glob("*.json")}
+    other = folders[key_of["l1_decnorm-n64-t20000-a10000"]]
+    shutil.rmtree(other)
+    rest = {k: d for k, d in folders.items() if d not in (lost, other)}
+    stamps = stamps_of(rest)
     assert study.main(argv + ["--only", "paper-n128-*-a30000"]) == 0
     assert lost.exists() and not other.exists()
-    assert {p.name: p.stat().st_mtime_ns for p in (out / "points").glob("*.json") if p != lost} == stamps
+    assert stamps_of(rest) == stamps
+    assert len(pd.read_parquet(out / "scaling.parquet")) == 23
+    # a point an earlier version kept as <out>/points/<id>.json (same key) is taken in, not measured
+    (out / "points").mkdir()
+    (out / "points" / "paper-n128-t41000-a30000.json").write_text(json.dumps(before))
+    shutil.rmtree(lost)
+    assert study.main(argv + ["--report-only"]) == 0
+    assert json.loads((lost / "record.json").read_text()) == before
     assert len(pd.read_parquet(out / "scaling.parquet")) == 23
 
 

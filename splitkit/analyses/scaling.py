@@ -12,8 +12,8 @@ depends on:
 - ``analysis_tokens``: how many held-out tokens the correlations run over (prefixes of one store).
 
 Every grid point is a pure function of cached artifacts (families, feature activations) and is
-itself saved as one JSON file, so an interrupted grid resumes where it stopped and a finished point
-is never recomputed. :func:`run_scaling` returns the table; :mod:`splitkit.report.scaling` writes it.
+itself cached as a ``scaling_point`` record (a cache stage with manifests, like every other), so an
+interrupted grid resumes where it stopped and a finished point is never recomputed. :func:`run_scaling` returns the table; :mod:`splitkit.report.scaling` writes it.
 
 Which features count, per point (both are always reported):
 
@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..cache import atomic_write_json, stable_hash
+from ..cache import stable_hash
 from ..config import Config, ConfigError, ScalingConfig
 from ..provenance import command_line, git_revision
 from ..train import get_recipe
@@ -55,7 +55,7 @@ def recipe_config(cfg: Config, sc: ScalingConfig, recipe: str, stored_analysis: 
     if get_recipe(recipe).uses_k:
         d["k"] = sc.topk_k
     else:
-        d["l1_coeff"] = sc.l1_decnorm_coeff if recipe == "l1_decnorm" else sc.paper_l1_coeff
+        d["l1_coeff"] = sc.l1_coeff_for(recipe)
     return cfg.with_overrides(dict=d, analysis={"n_tokens": stored_analysis or sc.analysis_tokens[-1]})
 
 
@@ -109,8 +109,10 @@ def run_scaling(cfg: Config, sc: ScalingConfig, out: str | Path, progress: bool 
                 log=print, report_only: bool = False, only: tuple[str, ...] | None = None) -> pd.DataFrame:
     """Train (or reuse) every family of the grid, measure every point, return the table.
 
-    Each finished point is written to ``out/points/<id>.json`` at once; a point whose file exists with
-    the same key (config, inputs, code version) is read back, not recomputed. ``report_only``: train
+    Each finished point is cached at once as a ``scaling_point`` record (``pipeline.get_record``,
+    keyed by the configs, the two families and ``POINT_VERSION``); a cached point is read back, not
+    recomputed. A point an earlier version kept as ``out/points/<id>.json`` with the same key is
+    taken into the cache instead of being measured again. ``report_only``: train
     and measure nothing, return the points finished so far (e.g. while the grid runs elsewhere).
     ``only``: shell-style patterns of point ids (``{recipe}-n{size}-t{budget}-a{analysis tokens}``);
     only the unfinished points matching one are measured, the others are read back if finished.
@@ -118,7 +120,6 @@ def run_scaling(cfg: Config, sc: ScalingConfig, out: str | Path, progress: bool 
     from .. import pipeline as P
 
     out = Path(out)
-    (out / "points").mkdir(parents=True, exist_ok=True)
     if cfg.seed_a == cfg.seed_b:
         raise ConfigError(f"seed_a and seed_b must differ (both {cfg.seed_a})")
     avail = P.get_tokens(cfg, progress).info["splits"]["analysis"]["n_tokens"]
@@ -148,7 +149,7 @@ def run_scaling(cfg: Config, sc: ScalingConfig, out: str | Path, progress: bool 
         for budget, step in budget_steps(cfg_r, sc):
             for n in sc.sizes:
                 todo = []
-                keys = {}
+                points = {}
                 for n_t in _analysis_sizes_at(sc, recipe, budget, streamed):
                     pid = point_id(recipe, n, budget, n_t)
                     # only what a point's figures depend on (not, e.g., the universality study's min_count)
@@ -156,31 +157,33 @@ def run_scaling(cfg: Config, sc: ScalingConfig, out: str | Path, progress: bool 
                     if n_t in stream_todo:  # what the text and the chance level depend on
                         analysis.update(extra_packages=list(cfg.analysis.extra_packages),
                                         stream_chunk=STREAM_CHUNK_TOKENS)
-                    keys[n_t] = stable_hash({"dict": cfg_r.dict.key_dict(), "analysis": analysis,
-                                             "fam_a": fams[cfg.seed_a].key, "fam_b": fams[cfg.seed_b].key,
-                                             "n": n, "step": step, "n_t": n_t, "v": POINT_VERSION})
-                    f = out / "points" / f"{pid}.json"
-                    if f.is_file():
-                        try:
-                            row = json.loads(f.read_text())
-                            if row.get("key") == keys[n_t]:
-                                rows.append(row)
-                                continue
-                        except ValueError:
-                            pass  # a torn file: recompute
+                    spec = {"dict": cfg_r.dict.key_dict(), "analysis": analysis, "n": n, "step": step, "n_t": n_t}
+                    fam_keys = {"fam_a": fams[cfg.seed_a].key, "fam_b": fams[cfg.seed_b].key}
+                    # the row's own key (a column of the table), as points were keyed before they were cached
+                    key = stable_hash({**spec, **fam_keys, "v": POINT_VERSION})
+                    rec = P.get_record(cfg, "scaling_point", spec, fam_keys, POINT_VERSION)
+                    points[n_t] = (key, rec)
+                    row = rec.read()
+                    if row is None:
+                        row = _earlier_point(out, pid, key)
+                        if row is not None:
+                            rec.write(row)
+                    if row is not None:
+                        rows.append(row)
+                        continue
                     if not selected(pid):
                         continue
                     if n_t in stream_todo:
-                        stream_todo[n_t].append((n, budget, step, keys[n_t]))
+                        stream_todo[n_t].append((n, budget, step, key, rec))
                     else:
                         todo.append(n_t)
                 if not todo or report_only:
                     continue
-                rows.extend(_measure(cfg, cfg_r, sc, recipe, n, budget, step, todo, keys, fams, neuron_cache,
-                                     out, revision, progress, log))
+                rows.extend(_measure(cfg, cfg_r, sc, recipe, n, budget, step, todo, points, fams, neuron_cache,
+                                     revision, progress, log))
         for n_t, items in stream_todo.items():
             if items and not report_only:
-                rows.extend(_measure_stream(cfg, cfg_r, sc, recipe, n_t, n_split, items, fams, out, revision,
+                rows.extend(_measure_stream(cfg, cfg_r, sc, recipe, n_t, n_split, items, fams, revision,
                                             progress, log))
     df = pd.DataFrame(rows)
     # the same column order whether a point was just measured or read back from its (sorted) JSON
@@ -213,7 +216,17 @@ def _point_filter(sc: ScalingConfig, streamed: list[int], only):
     return lambda pid: any(fnmatchcase(pid, pat) for pat in only)
 
 
-def _measure(cfg, cfg_r, sc, recipe, n, budget, step, todo, keys, fams, neuron_cache, out, revision,
+def _earlier_point(out: Path, pid: str, key: str) -> dict | None:
+    """A point kept by an earlier version as ``out/points/<pid>.json``, when its key matches (read only)."""
+    f = out / "points" / f"{pid}.json"
+    try:
+        row = json.loads(f.read_text()) if f.is_file() else None
+    except ValueError:  # a torn file: measure again
+        return None
+    return row if row is not None and row.get("key") == key else None
+
+
+def _measure(cfg, cfg_r, sc, recipe, n, budget, step, todo, points, fams, neuron_cache, revision,
              progress, log) -> list[dict]:
     from .. import pipeline as P
 
@@ -229,7 +242,7 @@ def _measure(cfg, cfg_r, sc, recipe, n, budget, step, todo, keys, fams, neuron_c
                                    cfg.analysis.shuffle_seed)
         neur = _neuron_baseline(cfg, n_t, neuron_cache, progress)
         row = {
-            "id": point_id(recipe, n, budget, n_t), "key": keys[n_t], **revision,
+            "id": point_id(recipe, n, budget, n_t), "key": points[n_t][0], **revision,
             "recipe": recipe, "n_features": n, "sae_tokens_budget": budget, "sae_tokens": int(tokens),
             "snapshot_step": step, "analysis_tokens": int(n_t),
             **_flat("features_paper", fig["paper"]), **_flat("features_all_alive", fig["all_alive"]),
@@ -250,7 +263,7 @@ def _measure(cfg, cfg_r, sc, recipe, n, budget, step, todo, keys, fams, neuron_c
             row["density_curve_features"] = density_curve(fig["counts"] / n_t, fig["corr"])
             row["density_curve_neurons"] = neur["density_curve"]
         row["matching_s"] = time.perf_counter() - t1
-        rows.append(_save_point(out, row, log))
+        rows.append(_save_point(points[n_t][1], row, log))
     return rows
 
 
@@ -258,8 +271,8 @@ def _measure(cfg, cfg_r, sc, recipe, n, budget, step, todo, keys, fams, neuron_c
 STREAM_CHUNK_TOKENS = 1 << 20
 
 
-def _measure_stream(cfg, cfg_r, sc, recipe, n_t, n_split, items, fams, out, revision, progress, log) -> list[dict]:
-    """Every point of ``items`` (``(n, budget, step, key)``) on ``n_t`` analysis tokens in one streaming pass."""
+def _measure_stream(cfg, cfg_r, sc, recipe, n_t, n_split, items, fams, revision, progress, log) -> list[dict]:
+    """Every point of ``items`` (``(n, budget, step, key, record)``) on ``n_t`` analysis tokens in one streaming pass."""
     import torch
 
     from .. import pipeline as P
@@ -270,7 +283,7 @@ def _measure_stream(cfg, cfg_r, sc, recipe, n_t, n_split, items, fams, out, revi
     tokens = P.analysis_tokens(cfg, n_t, progress)
     lms = {s: P.get_lm(cfg, s, progress) for s in (cfg.seed_a, cfg.seed_b)}
     pairs = {}
-    for n, budget, step, _ in items:
+    for n, budget, step, _, _ in items:
         pairs[point_id(recipe, n, budget, n_t)] = tuple(fams[s].sae(n, step) for s in (cfg.seed_a, cfg.seed_b))
     log(f"[scaling] {recipe}: streaming {len(tokens):,} analysis tokens ({min(n_t, n_split):,} from the split, "
         f"{max(0, len(tokens) - n_split):,} from package sources) through {len(pairs)} dictionary pairs ...")
@@ -282,7 +295,7 @@ def _measure_stream(cfg, cfg_r, sc, recipe, n_t, n_split, items, fams, out, revi
     neur = res["neurons"]
     neur_fig = summarize_units(neur.corr, neur.chance, neur.counts, neur.n_tokens, 0.0)
     rows = []
-    for n, budget, step, key in items:
+    for n, budget, step, key, rec in items:
         pid = point_id(recipe, n, budget, n_t)
         r = res[pid]
         fig = summarize_units(r.corr, r.chance, r.counts, r.n_tokens, cfg.analysis.ultralow_density)
@@ -309,13 +322,13 @@ def _measure_stream(cfg, cfg_r, sc, recipe, n_t, n_split, items, fams, out, revi
         if n == sc.density_bins_at:
             row["density_curve_features"] = density_curve(r.counts / r.n_tokens, r.corr)
             row["density_curve_neurons"] = density_curve(neur.counts / neur.n_tokens, neur.corr)
-        rows.append(_save_point(out, row, log))
+        rows.append(_save_point(rec, row, log))
     return rows
 
 
-def _save_point(out: Path, row: dict, log) -> dict:
-    """Write a finished point at once (the grid resumes from these files) and log its figures."""
-    atomic_write_json(out / "points" / f"{row['id']}.json", row)
+def _save_point(rec, row: dict, log) -> dict:
+    """Cache a finished point at once (the grid resumes from these records) and log its figures."""
+    rec.write(row)
     log(f"[scaling] {row['id']}: features (paper) {_f(row['features_paper_median'])} | all alive "
         f"{_f(row['features_all_alive_median'])} | neurons {_f(row['neurons_median'])} | chance "
         f"{_f(row['chance_paper_median'])} | dead {row['dead_frac_a']:.1%} | LR {_f(row['loss_recovered_zero_a'])}")

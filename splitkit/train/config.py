@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from ..precision import MATMUL_DTYPES
+from ..sae import strict_from_dict
 from .recipes import Recipe, get_recipe, recipe_names
 
 
@@ -151,9 +152,5 @@ class TrainerConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "TrainerConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"TrainerConfig.from_dict: unknown keys {unknown}; allowed {sorted(known)}")
-        return cls(**data)
+        return strict_from_dict(cls, data)
 
