@@ -362,7 +362,7 @@ def git_rev() -> str:
     try:
         rev = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
         dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--", "splitkit/matching.py", "bench/matching.py"],
+            ["git", "status", "--porcelain", "--", "splitkit/correlation", "bench/matching.py"],
             cwd=ROOT, capture_output=True, text=True,
         ).stdout.strip()  # fmt: skip
         return rev + ("+dirty(matching)" if dirty else "")

@@ -303,7 +303,7 @@ def peak_rss(impl: str, n: int) -> dict:
 def git_revision() -> str:
     try:
         rev = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--", "splitkit/sae.py", "splitkit/trainer.py"],
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "splitkit/sae.py", "splitkit/train"],
                                cwd=ROOT, capture_output=True, text=True).stdout.strip()
         return rev + (" (sae.py/trainer.py uncommitted)" if dirty else "")
     except OSError:

@@ -281,7 +281,7 @@ def _numba_usable() -> bool:
                 _run_numba(side, side, 1, None, DEFAULT_CHUNK_NNZ, True, False)
                 _NUMBA_OK = True
             except Exception as err:  # pragma: no cover - depends on the numba/LLVM build
-                warnings.warn(f"splitkit.matching: numba engine unavailable ({err!r}); using scipy", stacklevel=3)
+                warnings.warn(f"splitkit.correlation: numba engine unavailable ({err!r}); using scipy", stacklevel=3)
                 _NUMBA_OK = False
     return _NUMBA_OK
 
