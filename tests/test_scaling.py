@@ -10,7 +10,7 @@ import pytest
 import scipy.sparse as sp
 import torch
 
-from splitkit.analyses.universality import counted_mask, universality_figures
+from splitkit.analyses.universality import counted_mask, density_bins, density_curve, universality_figures
 from splitkit.config import ConfigError, ScalingConfig, parse_counts
 from splitkit.sae import SAEConfig, SparseAutoencoder
 
@@ -60,6 +60,21 @@ def test_planted_shared_fraction_is_recovered(shared):
 def test_paper_exclusion_counts():
     counts = np.array([0, 1, 9, 10, 500])
     assert counted_mask(counts, 1_000_000, 1e-5).tolist() == [False, False, False, True, True]
+    assert counted_mask(counts, 1_000_000, 0.0, min_count=10).tolist() == [False, False, False, True, True]
+
+
+def test_one_density_bin_rule_for_the_study_and_the_grid():
+    # densities 1 in 10M (bin -7), 5 in 10M (log10 -6.3: bin -6.5), 1e-3 twice, a dead unit, a NaN match
+    density = np.array([1e-7, 5e-7, 1e-3, 1.2e-3, 0.0, 0.5])
+    corr = np.array([0.1, 0.2, 0.8, 0.6, 0.9, np.nan])
+    bins = density_bins(density, corr)
+    assert bins["log10_density_lo"].tolist() == [-7.0, -6.5, -3.0]
+    assert bins["log10_density_hi"].tolist() == [-6.5, -6.0, -2.5]
+    assert bins["n"].tolist() == [1, 1, 2]
+    assert bins["median_corr"].tolist() == pytest.approx([0.1, 0.2, 0.7])
+    curve = density_curve(density, corr)
+    assert [r["log10_density_lo"] for r in curve] == bins["log10_density_lo"].tolist()
+    assert [r["median_corr"] for r in curve] == bins["median_corr"].tolist() and "log10_density_hi" not in curve[0]
 
 
 def test_parse_counts_and_grid_validation():
