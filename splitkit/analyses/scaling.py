@@ -13,7 +13,8 @@ depends on:
 
 Every grid point is a pure function of cached artifacts (families, feature activations) and is
 itself cached as a ``scaling_point`` record (a cache stage with manifests, like every other), so an
-interrupted grid resumes where it stopped and a finished point is never recomputed. :func:`run_scaling` returns the table; :mod:`splitkit.report.scaling` writes it.
+interrupted grid resumes where it stopped and a finished point is never recomputed.
+:func:`run_scaling` returns the table; :mod:`splitkit.report.scaling` writes it.
 
 Which features count, per point (both are always reported):
 
@@ -26,10 +27,8 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from ..cache import stable_hash
@@ -273,8 +272,6 @@ STREAM_CHUNK_TOKENS = 1 << 20
 
 def _measure_stream(cfg, cfg_r, sc, recipe, n_t, n_split, items, fams, revision, progress, log) -> list[dict]:
     """Every point of ``items`` (``(n, budget, step, key, record)``) on ``n_t`` analysis tokens in one streaming pass."""
-    import torch
-
     from .. import pipeline as P
     from ..analysis_stream import stream_universality
     from ..precision import matmul_dtype

@@ -92,7 +92,8 @@ def universality_figures(FA, FB, ultralow_density: float, shuffle_seed: int = 0)
     """
     A, B = correlation.prepare(FA, "acts A"), correlation.prepare(FB, "acts B")  # column statistics once
     corr = correlation.max_correlation(A, B, k=1, dtype=np.float32).value[:, 0].astype(np.float64)
-    chance = correlation.shuffled_baseline(A, B, seed=shuffle_seed, k=1, dtype=np.float32).value[:, 0].astype(np.float64)
+    chance = correlation.shuffled_baseline(A, B, seed=shuffle_seed, k=1, dtype=np.float32).value[:, 0]
+    chance = chance.astype(np.float64)
     return summarize_units(corr, chance, A.nnz, A.n_tokens, ultralow_density)
 
 

@@ -23,7 +23,8 @@ class TrainerConfig:
     default resample spacing, like the paper's 12.5k of 25k); firing counts are also accumulated
     over windows of this length for density statistics. resample_n_inputs: inputs scored when
     resampling (paper: 819,200). l1_warmup_frac / lr_decay_frac: None means the recipe's default
-    (``Recipe.l1_warmup_frac`` / ``lr_decay_frac``; l1_decnorm: 0.05 / 0.2; others 0 / 0). matmul_dtype: "auto" | "bfloat16" | "float32".
+    (``Recipe.l1_warmup_frac`` / ``lr_decay_frac``; l1_decnorm: 0.05 / 0.2; others 0 / 0).
+    matmul_dtype: "auto" | "bfloat16" | "float32" (:mod:`splitkit.precision`).
     sparse_density_max: use the sparse backward when at most this share of (token, feature) pairs
     is active (the measured break-even on 2 CPU cores was 12-15%). chunk_elems: largest [rows, n]
     block held at once (bounds memory for large n).
