@@ -145,20 +145,47 @@ def write_manifest(folder: Path) -> dict:
             rel = p.relative_to(folder).as_posix()
             st = p.stat()
             files[rel] = {"size": st.st_size, "sha256": sha256_file(p)}
-            stamp.append([rel, st.st_size, st.st_mtime_ns])
+            stamp.append([rel, *_identity(st)])
     manifest = {"files": files}
     atomic_write_json(folder / MANIFEST, manifest)
     atomic_write_json(folder / VERIFIED_STAMP, stamp)  # just hashed: no need to hash again
     return manifest
 
 
-# Checksums already verified in this process, keyed by every file's size and mtime, so a second
-# get_X() in one run does not re-hash gigabytes, while any rewrite of a file forces a fresh check.
+# Checksums already verified in this process, keyed by every file's identity, so a second get_X()
+# in one run does not re-hash gigabytes, while any rewrite of a file forces a fresh check.
 _VERIFIED: set[tuple] = set()
-# Across processes: the size and mtime of every file when its checksums last matched. A warm run
-# then hashes nothing (the activation stores alone are ~16 GB at the default preset); a file that
-# was rewritten, truncated or replaced since has another mtime or size and is hashed again.
+# Across processes: every file's identity when its checksums last matched. A warm run then hashes
+# nothing (the activation stores are gigabytes); a file rewritten, truncated or replaced since is
+# hashed again. The identity holds what a user cannot reset casually as well as size and mtime:
+# the inode and the ctime (``touch -d`` restores an mtime but moves the ctime).
 VERIFIED_STAMP = ".verified.json"
+# ``--verify`` of the studies: hash every file whatever the stamps say.
+FORCE_VERIFY = False
+
+
+def _identity(st: os.stat_result) -> tuple[int, int, int, int]:
+    return (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
+
+
+def _listed_files(folder: Path) -> set[str]:
+    return {p.relative_to(folder).as_posix() for p in folder.rglob("*")
+            if p.is_file() and p.name not in (MANIFEST, VERIFIED_STAMP) and not p.name.endswith(".tmp")}
+
+
+def _read_manifest(mpath: Path) -> dict:
+    """The manifest's ``files`` mapping, or CacheError when it is not the shape write_manifest writes."""
+    try:
+        manifest = json.loads(mpath.read_text())
+    except (OSError, ValueError) as e:
+        raise CacheError(f"{mpath}: unreadable manifest ({e})") from None
+    files = manifest.get("files") if isinstance(manifest, dict) else None
+    if not isinstance(files, dict) or not files:
+        raise CacheError(f"{mpath}: manifest lists no files (expected {{'files': {{name: {{size, sha256}}}}}})")
+    for rel, meta in files.items():
+        if not (isinstance(meta, dict) and isinstance(meta.get("size"), int) and isinstance(meta.get("sha256"), str)):
+            raise CacheError(f"{mpath}: bad entry for {rel!r} (expected size and sha256)")
+    return manifest
 
 
 def check_manifest(folder: Path, verify: bool = True) -> dict:
@@ -167,11 +194,11 @@ def check_manifest(folder: Path, verify: bool = True) -> dict:
     mpath = folder / MANIFEST
     if not mpath.is_file():
         raise CacheError(f"{folder}: no manifest (absent or interrupted build)")
-    try:
-        manifest = json.loads(mpath.read_text())
-        files = manifest["files"]
-    except (ValueError, KeyError) as e:
-        raise CacheError(f"{mpath}: unreadable manifest ({e})") from None
+    manifest = _read_manifest(mpath)
+    files = manifest["files"]
+    unlisted = sorted(_listed_files(folder) - set(files))
+    if unlisted:  # a manifest that does not cover the folder vouches for nothing in it
+        raise CacheError(f"{folder}: file {unlisted[0]!r} is not in the manifest")
     stamp = []
     for rel, meta in files.items():
         p = folder / rel
@@ -180,14 +207,14 @@ def check_manifest(folder: Path, verify: bool = True) -> dict:
         st = p.stat()
         if st.st_size != meta["size"]:
             raise CacheError(f"{p}: size {st.st_size} != {meta['size']} in manifest")
-        stamp.append((rel, st.st_size, st.st_mtime_ns))
+        stamp.append((rel, *_identity(st)))
     memo = (str(folder.resolve()), tuple(stamp))
-    if verify and memo not in _VERIFIED:
+    if verify and (FORCE_VERIFY or memo not in _VERIFIED):
         try:
             stamped = [tuple(x) for x in json.loads((folder / VERIFIED_STAMP).read_text())]
         except (OSError, ValueError, TypeError):
             stamped = None
-        if stamped != sorted(stamp):
+        if FORCE_VERIFY or stamped != sorted(stamp):
             for rel, meta in files.items():
                 if sha256_file(folder / rel) != meta["sha256"]:
                     raise CacheError(f"{folder / rel}: checksum mismatch (corrupt file)")
