@@ -264,10 +264,22 @@ class LMRun:
         return json.loads((self.folder / "summary.json").read_text())
 
 
+def check_split_sizes(info: dict, cfg: Config) -> None:
+    """Stop before any training when a split cannot hold one context window (else evaluation fails
+    after a whole LM has trained, and again on every rerun)."""
+    need = cfg.model.n_ctx + 1
+    for split, meta in info["splits"].items():
+        if meta["n_tokens"] < need:
+            raise PipelineError(
+                f"corpus too small: its {split} split holds {meta['n_tokens']:,} tokens ({meta['n_docs']} documents), "
+                f"fewer than one context of {need}; give a larger --corpus (or change corpus.fractions)")
+
+
 def get_lm(cfg: Config, seed: int, progress: bool = True) -> LMRun:
     from .lm import evaluate_lm, save_model, train_lm
 
     data = get_tokens(cfg, progress)
+    check_split_sizes(data.info, cfg)
     art = _cache(cfg).artifact("lm", {"model": cfg.model.to_dict(), "lm": cfg.lm.to_dict(), "seed": seed},
                                {"tokens": data.key}, VERSIONS["lm"])
     if not _ready(art):
