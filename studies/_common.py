@@ -110,9 +110,13 @@ def friendly_errors():
     from splitkit.config import ConfigError
     from splitkit.corpus import CorpusError
     from splitkit.pipeline import PipelineError
+    from splitkit.sae import SAEFormatError
 
     try:
         yield
+    except SAEFormatError as e:
+        print(f"error: {e}; if that folder is in the cache, delete it and the stage is rebuilt", file=sys.stderr)
+        raise SystemExit(2) from None
     except (ConfigError, CorpusError, PipelineError, CacheError) as e:
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
