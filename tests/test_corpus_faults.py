@@ -58,3 +58,20 @@ def test_corpus_too_small_stops_before_training(tmp_path, smoke_cfg, monkeypatch
         with pytest.raises(P.PipelineError, match="corpus too small: its .* split holds") as e:
             P.get_lm(cfg, 0, progress=False)
         assert "\n" not in str(e.value)
+
+
+def test_lm_no_better_than_bigrams_is_said_loudly(tmp_path, capsys):
+    from splitkit import pipeline as P
+
+    folder = tmp_path / "lm"
+    folder.mkdir()
+    (folder / "summary.json").write_text('{"val_loss": 4.77, "bigram_loss": 4.72, "unigram_entropy": 6.0}')
+    run = P.LMRun(folder, "k", 0)
+    assert run.summary["beats_bigram"] is False and abs(run.summary["gain_over_bigram"] + 0.05) < 1e-12
+    P._warn_if_undertrained(run)
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("[splitkit] WARNING: LM seed 0 is no better than bigrams") and "\n" not in err
+    (folder / "summary.json").write_text('{"val_loss": 3.82, "bigram_loss": 4.32, "unigram_entropy": 6.3}')
+    assert run.summary["beats_bigram"] is True
+    P._warn_if_undertrained(run)
+    assert capsys.readouterr().err == ""
