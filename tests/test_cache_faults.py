@@ -58,3 +58,26 @@ def test_file_outside_the_manifest_is_not_trusted(tmp_path):
     (art.path / "extra.npy").write_bytes(b"x")
     with pytest.raises(CacheError, match="not in the manifest"):
         check_manifest(art.path)
+
+
+def test_cache_info_and_prune(tmp_path, capsys):
+    c = Cache(tmp_path)
+    a = c.artifact("lm", {"lm": {"n_tokens": 5}, "seed": 3})
+    (a.begin() / "w.bin").write_bytes(b"x" * 2048)
+    a.seal()
+    b = c.artifact("acts", {"split": "train", "n_tokens": 7})
+    (b.begin() / "s.npy").write_bytes(b"y" * 4096)  # left partial: an interrupted build
+    rows = {(r["stage"], r["state"]): r for r in C.inventory(tmp_path)}
+    assert rows[("lm", "complete")]["what"] == "lm.n_tokens=5, seed=3"
+    assert rows[("acts", "partial")]["bytes"] >= 4096
+    assert C.main(["--cache", str(tmp_path), "info"]) == 0
+    out = capsys.readouterr().out
+    assert "lm: 1 artifact(s)" in out and "partial" in out
+    assert C.main(["--cache", str(tmp_path), "prune", "--partial", "--dry-run"]) == 0
+    assert b.partial_path.exists()
+    assert C.main(["--cache", str(tmp_path), "prune", "--partial"]) == 0
+    assert not b.partial_path.exists() and a.path.exists()
+    assert C.main(["--cache", str(tmp_path), "prune", "--stage", "nope"]) == 2
+    assert "no stage 'nope'" in capsys.readouterr().err
+    assert C.main(["--cache", str(tmp_path), "prune", "--stage", "lm"]) == 0
+    assert not a.path.exists()
