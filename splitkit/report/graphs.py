@@ -45,16 +45,17 @@ never written: a float32 value read as a double is the same number. What the GEX
 
 from __future__ import annotations
 
-import io
 import math
+import os
+import tempfile
 import xml.etree.ElementTree as ET
 from collections.abc import Mapping
+from contextlib import contextmanager
 from pathlib import Path
 
 import networkx as nx
 import numpy as np
 
-from ..cache import atomic_write_bytes
 from .escape import clean_text
 
 GEXF_NS = "http://gexf.net/1.3"
@@ -69,6 +70,7 @@ _INT32 = (-(2 ** 31), 2 ** 31 - 1)
 _INT64 = (-(2 ** 63), 2 ** 63 - 1)
 _FLOAT32_MAX = float(np.finfo(np.float32).max)
 _MISSING = object()
+_SLOT = "\x00"
 
 
 # --------------------------------------------------------------------------------------- coercion
@@ -214,7 +216,7 @@ def coerce_graph(G: nx.Graph) -> nx.Graph:
             v = _scalar(v, f"node {ids[n]!r} attribute {k!r}")
             if v is _MISSING:
                 continue
-            row[str(k)] = clean_text(str(v)) if k == "label" else v
+            row[clean_text(str(k))] = clean_text(str(v)) if k == "label" else v
         row.setdefault("label", ids[n])
         node_rows.append(row)
     _unify(node_rows, "node")
@@ -235,7 +237,7 @@ def coerce_graph(G: nx.Graph) -> nx.Graph:
                 x = float(x)
             elif k == "label":
                 x = clean_text(str(x))
-            row[str(k)] = x
+            row[clean_text(str(k))] = x
         edge_rows.append(row)
     _unify(edge_rows, "edge")
 
@@ -245,7 +247,7 @@ def coerce_graph(G: nx.Graph) -> nx.Graph:
             continue
         v = _scalar(v, f"graph attribute {k!r}")
         if v is not _MISSING:
-            graph_row[str(k)] = v
+            graph_row[clean_text(str(k))] = v
 
     H = nx.DiGraph() if G.is_directed() else nx.Graph()
     H.graph.update(graph_row)
@@ -298,8 +300,35 @@ def _attvalues(parent, data: dict, ids: dict[str, str]) -> None:
             ET.SubElement(el, "attvalue", {"for": i, "value": _text(v)})
 
 
-def gexf_bytes(G: nx.Graph, *, title: str | None = None) -> bytes:
-    """The GEXF 1.3 document of ``G`` (after :func:`coerce_graph`) as UTF-8 bytes."""
+def _node_element(n: str, d: dict, attr_ids: dict[str, str]) -> ET.Element:
+    el = ET.Element("node", {"id": n, "label": d["label"]})
+    _attvalues(el, d, attr_ids)
+    viz = d.get("viz", {})
+    if "color" in viz:
+        c = viz["color"]
+        ET.SubElement(el, "viz:color", {"r": str(c["r"]), "g": str(c["g"]), "b": str(c["b"]), "a": repr(c["a"])})
+    if "position" in viz:
+        ET.SubElement(el, "viz:position", {k: repr(viz["position"][k]) for k in ("x", "y", "z")})
+    if "size" in viz:
+        ET.SubElement(el, "viz:size", {"value": repr(viz["size"])})
+    return el
+
+
+def _edge_element(i: int, u: str, v: str, d: dict, attr_ids: dict[str, str]) -> ET.Element:
+    attrs = {"id": str(i), "source": u, "target": v}
+    if "weight" in d:
+        attrs["weight"] = repr(d["weight"])
+    if "label" in d:
+        attrs["label"] = d["label"]
+    el = ET.Element("edge", attrs)
+    _attvalues(el, d, attr_ids)
+    return el
+
+
+def _gexf_chunks(G: nx.Graph, title: str | None):
+    """The GEXF 1.3 document of ``G`` as text chunks: a skeleton (root, meta, attribute declarations)
+    and then one element per node and edge, each built and escaped by ElementTree, so memory stays
+    that of one element however large the graph (a whole tree of 500k nodes would take gigabytes)."""
     H = coerce_graph(G)
     # ElementTree's default_namespace option refuses unprefixed attributes, so the two namespaces are
     # declared on the root by hand: GEXF's as the default, viz's under the prefix of the viz:* tags.
@@ -310,51 +339,60 @@ def gexf_bytes(G: nx.Graph, *, title: str | None = None) -> bytes:
         ET.SubElement(meta, "description").text = clean_text(str(title))
     graph = ET.SubElement(root, "graph", {
         "defaultedgetype": "directed" if H.is_directed() else "undirected", "mode": "static", "idtype": "string"})
-
-    node_rows = [d for _, d in H.nodes(data=True)]
-    edge_rows = [d for _, _, d in H.edges(data=True)]
-    node_ids = _declare(graph, "node", node_rows, {"label", "viz"})
-    edge_ids = _declare(graph, "edge", edge_rows, {"label", "weight"})
-
-    nodes = ET.SubElement(graph, "nodes", {"count": str(H.number_of_nodes())})
-    for n, d in H.nodes(data=True):
-        el = ET.SubElement(nodes, "node", {"id": n, "label": d["label"]})
-        _attvalues(el, d, node_ids)
-        viz = d.get("viz", {})
-        if "color" in viz:
-            c = viz["color"]
-            ET.SubElement(el, "viz:color", {"r": str(c["r"]), "g": str(c["g"]), "b": str(c["b"]),
-                                                     "a": repr(c["a"])})
-        if "position" in viz:
-            ET.SubElement(el, "viz:position", {k: repr(viz["position"][k]) for k in ("x", "y", "z")})
-        if "size" in viz:
-            ET.SubElement(el, "viz:size", {"value": repr(viz["size"])})
-
-    edges = ET.SubElement(graph, "edges", {"count": str(H.number_of_edges())})
-    for i, (u, v, d) in enumerate(H.edges(data=True)):
-        attrs = {"id": str(i), "source": u, "target": v}
-        if "weight" in d:
-            attrs["weight"] = repr(d["weight"])
-        if "label" in d:
-            attrs["label"] = d["label"]
-        el = ET.SubElement(edges, "edge", attrs)
-        _attvalues(el, d, edge_ids)
-
+    node_ids = _declare(graph, "node", [d for _, d in H.nodes(data=True)], {"label", "viz"})
+    edge_ids = _declare(graph, "edge", [d for _, _, d in H.edges(data=True)], {"label", "weight"})
+    # NUL marks where the nodes and edges go: clean_text has removed it from every string in H.
+    ET.SubElement(graph, "nodes", {"count": str(H.number_of_nodes())}).text = _SLOT
+    ET.SubElement(graph, "edges", {"count": str(H.number_of_edges())}).text = _SLOT
     ET.indent(root)
-    buf = io.BytesIO()
-    ET.ElementTree(root).write(buf, encoding="utf-8", xml_declaration=True)
-    return buf.getvalue()
+    head, middle, tail = ET.tostring(root, encoding="unicode").split(_SLOT)
+    yield "<?xml version='1.0' encoding='utf-8'?>\n" + head
+    pad = "\n" + "  " * 3
+    for n, d in H.nodes(data=True):
+        el = _node_element(n, d, node_ids)
+        ET.indent(el, level=3)
+        yield pad + ET.tostring(el, encoding="unicode")
+    yield "\n" + "  " * 2 + middle
+    for i, (u, v, d) in enumerate(H.edges(data=True)):
+        el = _edge_element(i, u, v, d, edge_ids)
+        ET.indent(el, level=3)
+        yield pad + ET.tostring(el, encoding="unicode")
+    yield "\n" + "  " * 2 + tail + "\n"
+
+
+def gexf_bytes(G: nx.Graph, *, title: str | None = None) -> bytes:
+    """The GEXF 1.3 document of ``G`` (after :func:`coerce_graph`) as UTF-8 bytes."""
+    return "".join(_gexf_chunks(G, title)).encode("utf-8")
+
+
+@contextmanager
+def _atomic_path(path: Path):
+    """A temp file name in ``path``'s folder, renamed onto ``path`` when the block succeeds."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def write_gexf(G: nx.Graph, path, *, title: str | None = None) -> Path:
-    """Write ``G`` as GEXF 1.3 (UTF-8, through a temp file and ``os.replace``); returns the path.
+    """Write ``G`` as GEXF 1.3 (UTF-8, streamed into a temp file, then ``os.replace``); returns the path.
 
     Node labels from the ``label`` attribute, ``viz:*`` from ``viz``, edge weights from ``weight``;
     every other attribute declared once with its type and written per element (see the module
     docstring). ``title`` goes into ``<meta><description>``.
     """
     path = Path(path)
-    atomic_write_bytes(path, gexf_bytes(G, title=title))
+    chunks = _gexf_chunks(G, title)
+    first = next(chunks)  # coercion errors surface here, before any file exists
+    with _atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8", newline="\n") as fh:
+        fh.write(first)
+        for chunk in chunks:
+            fh.write(chunk)
     return path
 
 
@@ -384,8 +422,7 @@ def write_graphml(G: nx.Graph, path, *, gephi_names: bool = False) -> Path:
             if "size" in viz:
                 flat["size"] = viz["size"]
             d.update({names[k]: v for k, v in flat.items() if k in names})
-    buf = io.BytesIO()
-    nx.write_graphml_xml(H, buf, encoding="utf-8", prettyprint=True)
     path = Path(path)
-    atomic_write_bytes(path, buf.getvalue())
+    with _atomic_path(path) as tmp:
+        nx.write_graphml(H, tmp, encoding="utf-8", prettyprint=True)  # incremental with lxml, else ElementTree
     return path
