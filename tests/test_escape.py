@@ -108,6 +108,13 @@ def test_md_code_of_empty_text_is_still_a_span():
     assert parse_code_span(md_code("")) == " "
 
 
+def test_a_hostile_out_folder_in_a_code_span(tmp_path):
+    # issue 22: a folder named x`<img src=x onerror=alert(1)>` became a live <img> in report.md.
+    out = tmp_path / "x`<img src=x onerror=alert(1)>`"
+    md = md_code(out)
+    assert md.startswith("``") and parse_code_span(md) == str(out)
+
+
 @pytest.mark.parametrize("text", HOSTILE)
 def test_table_row_keeps_its_cells(text):
     row = md_row([md_code(text, in_table=True), text, 3.5, -2])

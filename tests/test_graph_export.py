@@ -164,6 +164,9 @@ def test_gexf_is_valid_against_the_relaxng_schema_with_viz(tmp_path, relaxng):
     relaxng.assertValid(etree.fromstring(gexf_bytes(U)).getroottree())
     assert etree.fromstring(gexf_bytes(U)).find(f"{GEXF}graph").get("defaultedgetype") == "undirected"
     assert type(nx.read_gexf(write_gexf(U, tmp_path / "u.gexf"))) is nx.Graph
+    empty = etree.fromstring(gexf_bytes(nx.DiGraph())).getroottree()
+    relaxng.assertValid(empty)
+    assert nx.read_gexf(write_gexf(nx.DiGraph(), tmp_path / "e.gexf")).number_of_nodes() == 0
 
 
 @pytest.mark.parametrize("which, wrong", [("GEXF_NS", "http://www.gexf.net/1.2draft"),
@@ -201,7 +204,10 @@ def test_hostile_text_stays_text(tmp_path):
     assert Q.nodes[HOSTILE_CLEAN]["note"] == HOSTILE_CLEAN and Q.edges[HOSTILE_CLEAN, "b"]["label"] == HOSTILE_CLEAN
 
 
-def test_graphml_round_trip_keeps_every_value_and_type(tmp_path):
+@pytest.mark.parametrize("writer", ["default", "elementtree"])
+def test_graphml_round_trip_keeps_every_value_and_type(tmp_path, monkeypatch, writer):
+    if writer == "elementtree":  # what networkx falls back to where lxml is not installed
+        monkeypatch.setattr(nx, "write_graphml", nx.write_graphml_xml)
     path = write_graphml(planted(), tmp_path / "g.graphml")
     R = nx.read_graphml(path)
     assert type(R) is nx.DiGraph and sorted(R.nodes) == sorted([N1, N2, N3])

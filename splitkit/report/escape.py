@@ -16,6 +16,7 @@ in that format, never as markup. Conventions shared by all of them:
 from __future__ import annotations
 
 import html
+import os
 import re
 from collections.abc import Iterable
 
@@ -38,7 +39,9 @@ class Markdown(str):
 
 
 def clean_text(text: str) -> str:
-    """``text`` with forbidden control characters replaced by U+FFFD and line ends made LF."""
+    """``text`` (or a path) with forbidden control characters replaced by U+FFFD and line ends made LF."""
+    if isinstance(text, os.PathLike):
+        text = os.fspath(text)
     if not isinstance(text, str):
         raise ValueError(f"expected text (str), got {type(text).__name__}; convert it with str() first")
     text = text.replace("\r\n", "\n").replace("\r", "\n")

@@ -15,7 +15,8 @@ strict readers, not only in networkx. Its rules:
   a string first (e.g. ``" ".join(tokens)``), which keeps the choice of separator with the caller;
 - text goes through :func:`splitkit.report.escape.clean_text`: characters XML 1.0 forbids (NUL, ESC
   and the other C0 controls but tab/LF/CR), DEL, C1 controls and lone surrogates become U+FFFD,
-  CRLF/CR become LF. ``<``, ``&``, quotes and ``]]>`` need nothing: the XML serialiser escapes them;
+  CRLF/CR become LF (attribute names too). ``<``, ``&``, quotes and ``]]>`` need nothing more: the
+  XML serialiser (ElementTree, never string formatting) escapes them;
 - node ids become ``str(node)`` (what both formats store; two nodes with the same string is an error);
 - every node gets a ``label`` (its own ``label`` attribute, as text, else its id);
 - reserved names: node ``viz`` (below), edge ``weight`` (a number, written as ``float``), edge
