@@ -40,7 +40,8 @@ def relaxng():
     etree = pytest.importorskip("lxml.etree", reason="lxml validates against the RELAX NG schema")
     path = _schema_path()
     if path is None:
-        pytest.skip("shared/schemas/gexf/1.3/gexf.rng is not beside this checkout (only on development machines and CI)")
+        pytest.skip("shared/schemas/gexf/1.3/gexf.rng is not beside this checkout "
+                    "(it is on development machines and in CI)")
     return etree.RelaxNG(etree.parse(str(path)))
 
 
@@ -265,7 +266,8 @@ def test_lists_are_rejected_naming_the_attribute(tmp_path, value):
     target = tmp_path / "g.gexf"
     target.write_text("previous")
     for write in (write_gexf, write_graphml):
-        with pytest.raises(ValueError, match=r"node 'n' attribute 'top_tokens' is a \w+; .*join it into a string") as err:
+        with pytest.raises(ValueError,
+                           match=r"node 'n' attribute 'top_tokens' is a \w+; .*join it into a string") as err:
             write(G, target)
         assert "\n" not in str(err.value)
     assert target.read_text() == "previous"  # a failed write leaves the old file
