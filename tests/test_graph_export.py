@@ -4,6 +4,7 @@ one-line error."""
 
 import math
 import xml.etree.ElementTree as ET
+import os
 from pathlib import Path
 
 import networkx as nx
@@ -22,7 +23,8 @@ GEXF = "{http://gexf.net/1.3}"
 def _schema_path() -> Path | None:
     """gexf.rng in ``shared/schemas`` beside the checkout, or beside the main checkout of a worktree."""
     root = Path(__file__).resolve().parents[1]
-    candidates = [root.parent / "shared"]
+    candidates = [Path(os.environ["SPLITKIT_SHARED"])] if os.environ.get("SPLITKIT_SHARED") else []  # .ci/run's clone
+    candidates.append(root.parent / "shared")
     dot_git = root / ".git"
     if dot_git.is_file():  # a worktree: ".git" names <main>/.git/worktrees/<name>
         text = dot_git.read_text().strip()
