@@ -33,8 +33,8 @@ def plant_two_sizes(seed=0, n_tokens=40_000, n_split=20, n_persist=15, n_merge=8
 
     Children fire on random token sets with random positive values. A splitting parent is the sum of
     2-4 children; a persisting parent copies one child (with 5% multiplicative noise); a merging child's
-    tokens are shared between two splitting parents (half each); a partial parent is one child plus
-    twice as many tokens of its own; vanishing parents and novel children fire on tokens of their own.
+    tokens are shared between two splitting parents (half each); a partial parent is one or two
+    children plus twice as many tokens of its own; vanishing parents and novel children fire on tokens of their own.
     Every parent also fires weakly (0.1x) on a few random tokens. ``noise``: the multiplicative noise
     of a parent's copy of its children; ``drop``: the share of those tokens where the parent is silent.
     """
@@ -78,13 +78,17 @@ def plant_two_sizes(seed=0, n_tokens=40_000, n_split=20, n_persist=15, n_merge=8
         c = new_child("inherits")
         true_parents[c].add(p)
         parent_parts.append([(kids[c][0], noisy(kids[c][1]))])
-    for _ in range(n_partial):
+    for u in range(n_partial):  # one child, or two, carrying a third of the parent's tokens
         p = len(parent_parts)
         parent_fate.append("partial")
-        c = new_child("inherits")
-        true_parents[c].add(p)
-        own = _support(rng, n_tokens, 2 * len(kids[c][0]), 2 * len(kids[c][0]) + 1)
-        parent_parts.append([(kids[c][0], noisy(kids[c][1])), (own, rng.gamma(2.0, 1.0, len(own)) + 0.2)])
+        parts = []
+        for _ in range(1 + u % 2):
+            c = new_child("inherits")
+            true_parents[c].add(p)
+            parts.append((kids[c][0], noisy(kids[c][1])))
+        n_own = 2 * sum(len(t) for t, _ in parts)
+        own = _support(rng, n_tokens, n_own, n_own + 1)
+        parent_parts.append(parts + [(own, rng.gamma(2.0, 1.0, len(own)) + 0.2)])
     for _ in range(n_vanish):
         parent_fate.append("vanishes")
         own = _support(rng, n_tokens)
