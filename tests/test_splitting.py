@@ -179,6 +179,18 @@ def test_masked_cosine_matches_brute_force(engine):
         assert top2[top2.child == j].parent.tolist() == want.parent.tolist()
 
 
+@pytest.mark.parametrize("engine", ENGINES)
+def test_min_cofire_drops_pairs_that_share_few_tokens(engine):
+    rng = np.random.default_rng(5)
+    A = sp.random(400, 20, density=0.1, random_state=rng, format="csr", dtype=np.float32)
+    B = sp.random(400, 30, density=0.1, random_state=rng, format="csr", dtype=np.float32)
+    full = S.links(A, B, k=1000, engine=engine)
+    three = S.links(A, B, k=1000, min_cofire=3, engine=engine)
+    want = full[full.n_cofire >= 3]
+    assert len(three) == len(want) < len(full)
+    assert set(zip(three.parent, three.child)) == set(zip(want.parent, want.child))
+
+
 def test_decoder_cosine_of_linked_pairs():
     rng = np.random.default_rng(0)
     Wp, Wc = rng.standard_normal((25, 16)), rng.standard_normal((40, 16))
@@ -302,6 +314,9 @@ def test_three_sizes_families_and_twins():
     assert merged.graph["twins_collapsed"] and not raw.graph["twins_collapsed"]
     assert set(merged.edges) == set(forest.edges)
     assert all(merged.nodes[v]["count"] == 2 for v in merged if merged.nodes[v]["size"] == sizes[2])
+    ms = S.step_summary(merged)
+    assert ms.twin_share_child.tolist() == [0.0, 1.0] and ms.twin_share_parent.tolist() == [0.0, 0.0]
+    assert ms.share_splits.tolist() == [1.0, 1.0]  # copies collapsed: the same fates as without twins
     node_of = S.feature_nodes(merged)
     assert node_of[(sizes[2], n + 5)] == node_of[(sizes[2], 5)] == f"A/{sizes[2]}/5"
 

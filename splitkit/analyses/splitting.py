@@ -43,7 +43,7 @@ Fates (per size step, stated with their parameters in the forest's graph attribu
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 
 import networkx as nx
 import numpy as np
@@ -139,7 +139,7 @@ if HAVE_NUMBA:
 
     @numba.njit(cache=True, parallel=True)
     def _nb_links(a_ptr, a_idx, a_val, b_ptr, b_tok, b_val, c0, c1, n_parent, norm_a, norm_b, n_blocks,
-                  out_idx, out_stats):  # fmt: skip
+                  min_cofire, out_idx, out_stats):  # fmt: skip
         """Top-k parents of children [c0, c1) of B (CSC arrays) against A (CSR arrays).
 
         out_idx ``[c1 - c0, k]`` int64 prefilled with -1; out_stats ``[c1 - c0, k, 6]`` float64.
@@ -176,6 +176,8 @@ if HAVE_NUMBA:
                 nk = 0
                 for u in range(nt):
                     i = touched[u]
+                    if cnt[i] < min_cofire:
+                        continue
                     s = acc[i, 0]
                     m = max(s / (norm_a[i] * math.sqrt(acc[i, 1])), s / (norm_b[j] * math.sqrt(acc[i, 2])))
                     # insertion into the top-k list: larger cosine first, ties to the lower parent id
@@ -213,16 +215,21 @@ def _masked_from_stats(st: np.ndarray, norm_p: np.ndarray, norm_c: np.ndarray):
     return cp, cc
 
 
-def _scipy_links(A: sp.csr_matrix, Bc: sp.csc_matrix, c0: int, c1: int, k: int, norm_a, norm_b):
-    """The same result as the numba kernel for children [c0, c1), by sparse products."""
-    Bs = Bc[:, c0:c1]
-    At = A.T.tocsr()  # [n_parent, n_tokens]
-    Apos = At.copy()
-    Apos.data = np.ones_like(Apos.data, dtype=np.float64)
-    At64 = At.astype(np.float64)
+def _scipy_parent_side(A: sp.csr_matrix):
+    """``A^T``, ``1[A>0]^T`` and ``(A∘A)^T`` as float64 CSR ``[n_parent, n_tokens]``, made once."""
+    At64 = A.T.tocsr().astype(np.float64)
+    Apos = At64.copy()
+    Apos.data[:] = 1.0
     A2 = At64.copy()
     A2.data **= 2
-    B64 = Bs.astype(np.float64)
+    return At64, Apos, A2
+
+
+def _scipy_links(parent_side, n_parent: int, Bc: sp.csc_matrix, c0: int, c1: int, k: int, norm_a, norm_b,
+                 min_cofire: int):
+    """The same result as the numba kernel for children [c0, c1), by sparse products."""
+    At64, Apos, A2 = parent_side
+    B64 = Bc[:, c0:c1].astype(np.float64)
     B2 = B64.copy()
     B2.data **= 2
     Bpos = B64.copy()
@@ -230,13 +237,15 @@ def _scipy_links(A: sp.csr_matrix, Bc: sp.csc_matrix, c0: int, c1: int, k: int, 
     # all six products have the co-firing pattern (every stored value is > 0), so they align
     prods = [At64 @ B64, Apos @ B2, A2 @ Bpos, Apos @ B64, At64 @ Bpos, Apos @ Bpos]
     coos = [sp.coo_matrix(p) for p in prods]
-    keys = [c.col.astype(np.int64) * A.shape[1] + c.row for c in coos]
+    keys = [c.col.astype(np.int64) * n_parent + c.row for c in coos]
     order = [np.argsort(kk, kind="stable") for kk in keys]
     for kk, o in zip(keys[1:], order[1:]):
         assert np.array_equal(kk[o], keys[0][order[0]]), "co-firing patterns differ"
     row = coos[0].row[order[0]].astype(np.int64)
     col = coos[0].col[order[0]].astype(np.int64)
     st = np.stack([c.data[o] for c, o in zip(coos, order)], axis=1)
+    ok = st[:, 5] >= min_cofire
+    row, col, st = row[ok], col[ok], st[ok]
     cp, cc = _masked_from_stats(st, norm_a[row], norm_b[col + c0])
     m = np.maximum(cp, cc)
     srt = np.lexsort((row, -m, col))  # by child, best first, ties to the lower parent id
@@ -251,7 +260,8 @@ def _scipy_links(A: sp.csr_matrix, Bc: sp.csc_matrix, c0: int, c1: int, k: int, 
     return out_idx, out_stats
 
 
-def _topk_parents(A: sp.csr_matrix, B: sp.csr_matrix, k: int, engine: str, chunk_children: int | None):
+def _topk_parents(A: sp.csr_matrix, B: sp.csr_matrix, k: int, engine: str, chunk_children: int | None,
+                  min_cofire: int = 1):
     """Top-k parents of every child: (idx ``[n_child, k]``, stats ``[n_child, k, 6]``, norm_a, norm_b)."""
     n_p, n_c = A.shape[1], B.shape[1]
     norm_a = np.sqrt(_col_sums(A, n_p, 2))
@@ -277,11 +287,12 @@ def _topk_parents(A: sp.csr_matrix, B: sp.csr_matrix, k: int, engine: str, chunk
             c1 = min(n_c, c0 + chunk_children)
             _nb_links(A.indptr.astype(np.int64, copy=False), A.indices, A.data,
                       Bc.indptr.astype(np.int64, copy=False), Bc.indices, Bc.data,
-                      c0, c1, n_p, norm_a, norm_b, n_blocks, idx[c0:c1], stats[c0:c1])
+                      c0, c1, n_p, norm_a, norm_b, n_blocks, int(min_cofire), idx[c0:c1], stats[c0:c1])
     else:
+        parent_side = _scipy_parent_side(A)
         for c0 in range(0, n_c, chunk_children):
             c1 = min(n_c, c0 + chunk_children)
-            idx[c0:c1], stats[c0:c1] = _scipy_links(A, Bc, c0, c1, k, norm_a, norm_b)
+            idx[c0:c1], stats[c0:c1] = _scipy_links(parent_side, n_p, Bc, c0, c1, k, norm_a, norm_b, min_cofire)
     return idx, stats, norm_a, norm_b
 
 
@@ -313,8 +324,8 @@ def decoder_cosine(W_parent: np.ndarray, W_child: np.ndarray, parent: np.ndarray
 
 
 def links(acts_parent, acts_child, W_dec_parent: np.ndarray | None = None, W_dec_child: np.ndarray | None = None,
-          *, k: int = 16, min_cos: float = 0.0, engine: str = "auto", chunk_children: int | None = None
-          ) -> pd.DataFrame:
+          *, k: int = 16, min_cos: float = 0.0, min_cofire: int = 1, engine: str = "auto",
+          chunk_children: int | None = None) -> pd.DataFrame:
     """Candidate links: for every child, its ``k`` best parents by masked activation cosine.
 
     Args:
@@ -323,6 +334,9 @@ def links(acts_parent, acts_child, W_dec_parent: np.ndarray | None = None, W_dec
         W_dec_parent, W_dec_child: ``[n, d_mlp]`` decoder rows; both or neither (decoder_cos NaN).
         k: parents kept per child (pairs that never co-fire are never candidates).
         min_cos: drop pairs whose masked cosine is below this (0 keeps all top-k).
+        min_cofire: pairs that co-fire on fewer tokens are no candidates (1, the paper's rule,
+            keeps every co-firing pair). On one or two shared tokens the masked cosine is that
+            token's share of a norm, which can pass 0.4 by chance (see :func:`null_masked_cos`).
         engine: ``"numba"`` (the default when importable) or ``"scipy"``; same numbers.
         chunk_children: children per chunk (default: from a budget of co-firing pairs).
 
@@ -348,7 +362,9 @@ def links(acts_parent, acts_child, W_dec_parent: np.ndarray | None = None, W_dec
             if np.ndim(W) != 2 or np.shape(W)[0] != n:
                 raise ValueError(f"{nm} must be [{n}, d_mlp] (one row per feature), got {np.shape(W)}")
     eng = _engine(engine)
-    idx, stats, norm_a, norm_b = _topk_parents(A, B, int(k), eng, chunk_children)
+    if not (isinstance(min_cofire, (int, np.integer)) and min_cofire >= 1):
+        raise ValueError(f"min_cofire must be a positive integer, got {min_cofire!r}")
+    idx, stats, norm_a, norm_b = _topk_parents(A, B, int(k), eng, chunk_children, int(min_cofire))
     child, rank = np.nonzero(idx >= 0)
     parent = idx[child, rank]
     st = stats[child, rank]
@@ -368,7 +384,7 @@ def links(acts_parent, acts_child, W_dec_parent: np.ndarray | None = None, W_dec
 
 
 def null_masked_cos(acts_parent, acts_child, *, seed: int = 0, n_children: int | None = None,
-                    engine: str = "auto") -> np.ndarray:
+                    min_cofire: int = 1, engine: str = "auto") -> np.ndarray:
     """Chance level of the masked cosine: each child's best value against token-shuffled parents.
 
     The parent's rows (tokens) are permuted with ``seed``, which keeps every feature's density and
@@ -387,7 +403,7 @@ def null_masked_cos(acts_parent, acts_child, *, seed: int = 0, n_children: int |
             raise ValueError(f"n_children must be >= 1 or None, got {n_children}")
         if n_children < B.shape[1]:
             B = B[:, np.sort(rng.choice(B.shape[1], n_children, replace=False))]
-    df = links(A_shuf, B, k=1, engine=engine)
+    df = links(A_shuf, B, k=1, min_cofire=min_cofire, engine=engine)
     best = np.zeros(B.shape[1])
     best[df["child"].to_numpy()] = df["masked_cos"].to_numpy()
     return best
@@ -444,7 +460,8 @@ def _sorted_sizes(d: Mapping) -> list[int]:
 
 
 def link_family(acts: Mapping[int, sp.spmatrix], W_dec: Mapping[int, np.ndarray] | None = None, *, k: int = 16,
-                engine: str = "auto", threshold: float | None = None) -> dict[tuple[int, int], pd.DataFrame]:
+                min_cofire: int = 1, engine: str = "auto", threshold: float | None = None
+                ) -> dict[tuple[int, int], pd.DataFrame]:
     """Links between consecutive sizes of one family: ``{(size, next_size): links DataFrame}``.
 
     ``acts[size]``: ``[n_tokens, size-th n]``; ``W_dec[size]``: ``[n, d_mlp]``. With ``threshold``,
@@ -456,7 +473,7 @@ def link_family(acts: Mapping[int, sp.spmatrix], W_dec: Mapping[int, np.ndarray]
     for lo, hi in zip(sizes[:-1], sizes[1:]):
         Wp = None if W_dec is None else W_dec[lo]
         Wc = None if W_dec is None else W_dec[hi]
-        df = links(acts[lo], acts[hi], Wp, Wc, k=k, engine=engine)
+        df = links(acts[lo], acts[hi], Wp, Wc, k=k, min_cofire=min_cofire, engine=engine)
         if threshold is not None:
             sel = df["masked_cos"] >= threshold
             df.attrs["children_cover"] = children_cover(acts[lo], acts[hi], df.loc[sel, "parent"].to_numpy(),
@@ -597,7 +614,7 @@ def classify_fates(forest: nx.DiGraph, *, persist_cos: float = 0.8, split_cover:
 def splitting_forest(acts: Mapping[int, sp.spmatrix], densities: Mapping[int, np.ndarray] | None = None,
                      W_dec: Mapping[int, np.ndarray] | None = None, *, run: str = "A", threshold: float = 0.4,
                      k: int = 16, persist_cos: float = 0.8, split_cover: float = 0.5,
-                     twins: Mapping[int, np.ndarray] | None = None, engine: str = "auto"
+                     twins: Mapping[int, np.ndarray] | None = None, min_cofire: int = 1, engine: str = "auto"
                      ) -> tuple[nx.DiGraph, dict[tuple[int, int], pd.DataFrame]]:
     """Links, forest and fates of one run in one call: ``(forest, step_links)``.
 
@@ -609,7 +626,7 @@ def splitting_forest(acts: Mapping[int, sp.spmatrix], densities: Mapping[int, np
     if densities is None:
         densities = {s: _col_sums(_as_acts(acts[s], f"acts[{s}]"), acts[s].shape[1], 0) / acts[s].shape[0]
                      for s in sizes}
-    step_links = link_family(acts, W_dec, k=k, engine=engine, threshold=threshold)
+    step_links = link_family(acts, W_dec, k=k, min_cofire=min_cofire, engine=engine, threshold=threshold)
     cover = {lo: df.attrs["children_cover"] for (lo, _), df in step_links.items()}
     forest = build_forest(step_links, densities, run=run, threshold=threshold, twins=twins, cover=cover)
     classify_fates(forest, persist_cos=persist_cos, split_cover=split_cover)
@@ -638,12 +655,16 @@ def step_summary(forest: nx.DiGraph, twin_share: Mapping[int, float] | None = No
     parent fate (over the parents' nodes) and child fate (over the children's nodes),
     ``mean_children`` (over linked parents), ``max_children``, and ``twin_share_parent`` /
     ``twin_share_child`` when ``twin_share`` (``{size: share of features that have a twin}``) is
-    given. Call :func:`classify_fates` first.
+    given, or computed from the nodes' ``count`` when the forest collapsed twins. Call
+    :func:`classify_fates` first.
     """
     sizes = [int(s) for s in forest.graph["sizes"].split(",")]
     by_size: dict[int, list] = {s: [] for s in sizes}
     for v, a in forest.nodes(data=True):
         by_size[a["size"]].append(a)
+    if twin_share is None and forest.graph.get("twins_collapsed"):
+        counts = {s: np.array([a["count"] for a in by_size[s]]) for s in sizes}
+        twin_share = {s: float(c[c > 1].sum() / max(c.sum(), 1)) for s, c in counts.items()}
     rows = []
     for lo, hi in zip(sizes[:-1], sizes[1:]):
         P, C = by_size[lo], by_size[hi]
