@@ -390,3 +390,38 @@ def test_entry_validation():
         S.links(A, A, engine="gpu")
     with pytest.raises(ValueError, match="consecutive"):
         S.build_forest({}, {5: np.zeros(5), 10: np.zeros(10)})
+
+
+def test_forest_attributes_are_plain_scalars_of_one_type():
+    """Writers (GEXF, GraphML) need one Python scalar type per attribute: no numpy scalars, no None."""
+    acts, _, _ = plant_three_sizes(seed=8, n_tokens=10_000, n_leaf_groups=3)
+    rng = np.random.default_rng(0)
+    W = {s: rng.standard_normal((a.shape[1], 8)) for s, a in acts.items()}
+    forest, _ = S.splitting_forest(acts, W_dec=W, run="B", twins={min(acts): np.zeros(min(acts), int)})
+    for items in (forest.nodes(data=True), forest.edges(data=True)):
+        types: dict = {}
+        for *_, attrs in items:
+            for key, val in attrs.items():
+                assert type(val) in (int, float, str, bool), (key, type(val))
+                types.setdefault(key, set()).add(type(val))
+        assert all(len(t) == 1 for t in types.values()), types
+    assert all(np.isfinite(d["decoder_cos"]) for *_, d in forest.edges(data=True))
+    assert forest.nodes[f"B/{min(acts)}/0"]["count"] == min(acts)  # all roots collapsed into one node
+
+
+def test_split_universality_validates_matches():
+    acts, _, _ = plant_three_sizes(seed=9, n_tokens=10_000, n_leaf_groups=3)
+    fa, _ = S.splitting_forest(acts, run="A")
+    good = {s: np.arange(a.shape[1]) for s, a in acts.items()}
+    assert S.split_universality(fa, fa, good, n_shuffles=3)["share"] == 1.0
+    with pytest.raises(ValueError, match="lacks size"):
+        S.split_universality(fa, fa, {s: m for s, m in list(good.items())[1:]})
+    with pytest.raises(ValueError, match="must be"):
+        S.split_universality(fa, fa, {s: m[:-1] for s, m in good.items()})
+    bad = dict(good)
+    s0 = min(good)
+    bad[s0] = good[s0] + 1000
+    with pytest.raises(ValueError, match="does not have"):
+        S.split_universality(fa, fa, bad)
+    unmatched = {s: np.full_like(m, -1) for s, m in good.items()}
+    assert S.split_universality(fa, fa, unmatched, n_shuffles=2)["n_mapped"] == 0

@@ -854,15 +854,16 @@ def split_universality(forest_a: nx.DiGraph, forest_b: nx.DiGraph, matches: Mapp
         h, m_ = _edge_share(edges_a, node_b, forest_b, mm)
         shuf.append(h / m_ if m_ else float("nan"))
         shuf_corr.append(_children_corr(parents_a, forest_a, forest_b, node_b, mm))
+    fin = np.array([x for x in shuf if np.isfinite(x)])
+    fin_corr = np.array([x for x in shuf_corr if np.isfinite(x)])
     return {
         "share": hit / mapped if mapped else float("nan"),
         "n_hit": int(hit), "n_mapped": int(mapped), "n_edges": len(edges_a),
-        "shuffled_mean": float(np.nanmean(shuf)) if shuf else float("nan"),
-        "shuffled_std": float(np.nanstd(shuf)) if shuf else float("nan"),
+        "shuffled_mean": float(fin.mean()) if len(fin) else float("nan"),
+        "shuffled_std": float(fin.std()) if len(fin) else float("nan"),
         "shuffled": [float(x) for x in shuf],
         "children_corr": _children_corr(parents_a, forest_a, forest_b, node_b, match),
-        "children_corr_shuffled_mean": float(np.nanmean(shuf_corr)) if shuf_corr and not np.all(np.isnan(shuf_corr))
-        else float("nan"),
+        "children_corr_shuffled_mean": float(fin_corr.mean()) if len(fin_corr) else float("nan"),
         "n_parents": len(parents_a),
         "n_shuffles": int(n_shuffles), "seed": int(seed),
     }
