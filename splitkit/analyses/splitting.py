@@ -283,10 +283,10 @@ def _topk_parents(A: sp.csr_matrix, B: sp.csr_matrix, k: int, engine: str, chunk
         raise ValueError(f"chunk_children must be >= 1, got {chunk_children}")
     if engine == "numba":
         n_blocks = 4 * numba.get_num_threads()
+        a_ptr, b_ptr = A.indptr.astype(np.int64, copy=False), Bc.indptr.astype(np.int64, copy=False)
         for c0 in range(0, n_c, chunk_children):
             c1 = min(n_c, c0 + chunk_children)
-            _nb_links(A.indptr.astype(np.int64, copy=False), A.indices, A.data,
-                      Bc.indptr.astype(np.int64, copy=False), Bc.indices, Bc.data,
+            _nb_links(a_ptr, A.indices, A.data, b_ptr, Bc.indices, Bc.data,
                       c0, c1, n_p, norm_a, norm_b, n_blocks, int(min_cofire), idx[c0:c1], stats[c0:c1])
     else:
         parent_side = _scipy_parent_side(A)
