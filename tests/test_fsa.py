@@ -1,0 +1,280 @@
+"""FSA-like feature graphs: hand-computed weights, a planted tag automaton, the null, seeds, prediction."""
+
+import math
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+from splitkit.analyses import fsa
+
+# --- a planted automaton at the array level -------------------------------------------------------
+# Tokens: 0 EOT, 1 "<", 2-5 names, 6 "=", 7-10 values, 11 ">", 12-15 text, 16-63 filler.
+# States (features 0-5): "<" -> name -> "=" -> value -> ">" -> text -> "<" ... ; a state feature
+# fires on its class's tokens inside tag blocks only (names also occur in filler, unlit there).
+CLASSES = [[1], [2, 3, 4, 5], [6], [7, 8, 9, 10], [11], [12, 13, 14, 15]]
+PLANTED = {(i, (i + 1) % 6) for i in range(6)}
+V = 64
+N_STATES, N_TOKEN_FEATS, N_RANDOM = 6, 20, 20
+N_FEATS = N_STATES + N_TOKEN_FEATS + 1 + N_RANDOM  # + one "inside a tag block" context feature
+
+
+def planted(n_tokens=60_000, seed=0):
+    """``(acts csr [n_tokens, 47], token_ids, next_ok, L [47, 64])`` of a noisy tag automaton."""
+    rng = np.random.default_rng(seed)
+    toks, state, in_tag, ok = [], [], [], []
+    filler_pool = np.r_[2:6, 16:64]
+    while len(toks) < n_tokens:
+        doc_len = int(rng.integers(100, 300))
+        start = len(toks)
+        toks.append(0), state.append(-1), in_tag.append(False)
+        while len(toks) - start < doc_len:
+            for _ in range(int(rng.integers(1, 5))):  # a tag block: < name = value > text{1,2}
+                for s in range(5):
+                    toks.append(int(rng.choice(CLASSES[s]))), state.append(s), in_tag.append(True)
+                for _ in range(int(rng.integers(1, 3))):
+                    toks.append(int(rng.choice(CLASSES[5]))), state.append(5), in_tag.append(True)
+            for _ in range(int(rng.integers(3, 12))):  # filler text
+                toks.append(int(rng.choice(filler_pool))), state.append(-1), in_tag.append(False)
+        ok.extend([True] * (len(toks) - start - 1) + [False])
+    toks, state, in_tag, ok = (np.asarray(x)[:n_tokens] for x in (toks, state, in_tag, ok))
+    ok[-1] = False
+    T = len(toks)
+    A = np.zeros((T, N_FEATS), np.float32)
+    val = lambda m: rng.uniform(0.5, 2.0, m)  # noqa: E731
+    for s in range(N_STATES):
+        on = (state == s) & (rng.random(T) > 0.05)  # 5% dropped firings
+        on |= rng.random(T) < 0.005  # spurious firings
+        A[on, s] = val(on.sum())
+    for j in range(N_TOKEN_FEATS):  # token-identity features on filler tokens
+        on = np.isin(toks, [16 + 2 * j, 17 + 2 * j])
+        A[on, N_STATES + j] = val(on.sum())
+    ctx = N_STATES + N_TOKEN_FEATS
+    A[in_tag, ctx] = val(in_tag.sum())
+    for j in range(N_RANDOM):  # dense-ish noise features
+        on = rng.random(T) < 0.03
+        A[on, ctx + 1 + j] = val(on.sum())
+    L = rng.normal(0, 1, (N_FEATS, V))
+    for s in range(N_STATES):
+        L[s, CLASSES[(s + 1) % 6]] += 6.0  # each state promotes the next state's tokens
+    L[ctx, 1] += 6.0  # the context feature promotes "<" too (but it follows nothing in particular)
+    return sp.csr_matrix(A), toks, ok, L.astype(np.float32)
+
+
+def shuffled(acts, toks, seed=1):
+    perm = np.random.default_rng(seed).permutation(acts.shape[0])
+    ok = np.ones(acts.shape[0], bool)
+    ok[-1] = False
+    return acts[perm], toks[perm], ok
+
+
+def prf(found, truth):
+    found, truth = set(found), set(truth)
+    tp = len(found & truth)
+    return tp / max(1, len(found)), tp / max(1, len(truth))
+
+
+@pytest.fixture(scope="module")
+def planted_data():
+    return planted()
+
+
+@pytest.fixture(scope="module")
+def planted_graph(planted_data):
+    acts, toks, ok, L = planted_data
+    fg = fsa.build_graph(acts, toks, ok, L)
+    return fg, fsa.find_automata(fg)
+
+
+# --- hand-computable weights ----------------------------------------------------------------------
+
+def tiny():
+    # two features X=0, Y=1 alternating over six tokens; pairs t -> t+1 for t = 0..4 (N = 5)
+    acts = sp.csr_matrix(np.array([[1, 0], [0, 2], [3, 0], [0, 1], [2, 0], [0, 4]], np.float32))
+    toks = np.array([0, 1, 0, 1, 0, 2])
+    ok = np.array([1, 1, 1, 1, 1, 0], bool)
+    L = np.array([[0.0, -2.0, 2.0],  # X: mean 0, std sqrt(8/3); z = [0, -sqrt(1.5), sqrt(1.5)]
+                  [2.0, 1.0, 0.0]])  # Y: mean 1 (centring matters), std sqrt(2/3); z = [sqrt(1.5), 0, -sqrt(1.5)]
+    return acts, toks, ok, L
+
+
+def test_tiny_case_weights_by_hand():
+    acts, toks, ok, L = tiny()
+    cfg = fsa.FSAConfig(min_count=1, top_m=2, min_pmi=-10, min_mech=-10, min_attribution=-10)
+    df, N = fsa.edge_stats(acts, toks, ok, L, cfg)
+    assert N == 5
+    e = {(r.src, r.dst): r for r in df.itertuples()}
+    assert set(e) == {(0, 1), (1, 0)}  # X never follows X, nor Y Y
+    xy, yx = e[0, 1], e[1, 0]
+    # X at t = 0, 2, 4 (n_src 3); Y at t+1 = 1, 3, 5 (n_dst 3); all three pairs coincide
+    assert (xy.count, xy.n_src, xy.n_dst) == (3, 3, 3)
+    assert xy.lift == pytest.approx(3 * 5 / (3 * 3)) and xy.pmi == pytest.approx(math.log(5 / 3))
+    # Y at t = 1, 3 (2); X at t+1 = 2, 4 (2); both coincide
+    assert (yx.count, yx.n_src, yx.n_dst) == (2, 2, 2) and yx.lift == pytest.approx(2.5)
+    assert xy.cond_prob == pytest.approx(1.0)
+    # Y's mass: token 1 -> 2 + 1 = 3, token 2 -> 4: class [2, 1], weights 4/7, 3/7
+    # mech X->Y = 4/7 z_X(2) + 3/7 z_X(1) = sqrt(1.5) / 7; X's class is token 0 alone: mech Y->X = z_Y(0)
+    assert xy.mech == pytest.approx(math.sqrt(1.5) / 7)
+    assert yx.mech == pytest.approx(math.sqrt(1.5))
+    # attribution X->Y: t0 1 * Lc_X(tok 1 = -2) + t2 3 * (-2) + t4 2 * Lc_X(tok 2 = +2) = -2 - 6 + 4 = -4
+    # attribution Y->X: t1 2 * Lc_Y(tok 0 = 2 - 1) + t3 1 * 1 = 3
+    assert xy.attribution == pytest.approx(-4.0) and xy.attribution_mean == pytest.approx(-4 / 3)
+    assert yx.attribution == pytest.approx(3.0) and yx.attribution_mean == pytest.approx(1.5)
+    # the same numbers from dense (neuron-style, float16) input
+    dd, _ = fsa.edge_stats(acts.toarray().astype(np.float16), toks, ok, L, cfg)
+    np.testing.assert_allclose(dd[["count", "lift", "mech", "attribution"]].to_numpy(),
+                               df[["count", "lift", "mech", "attribution"]].to_numpy(), rtol=1e-6)
+    # thresholds: both clear pmi >= 0.5 (ln 5/3 = 0.51, ln 2.5 = 0.92); X->Y fails mech >= 1 and
+    # attribution > 0, Y->X (mech 1.22) passes all; at the defaults (pmi 1, mech 2) neither is kept
+    k, _ = fsa.edge_stats(acts, toks, ok, L, fsa.FSAConfig(min_count=2, min_pmi=0.5, min_mech=1.0))
+    assert k.loc[k["kept"], ["src", "dst"]].values.tolist() == [[1, 0]]
+
+
+def test_token_classes_and_promoted():
+    acts, toks, ok, L = tiny()
+    ids, w, purity, n_active = fsa.token_classes(acts, toks, 3, top_m=1)
+    assert ids[:, 0].tolist() == [0, 2] and n_active.tolist() == [3, 3]
+    assert purity[0] == pytest.approx(1.0) and purity[1] == pytest.approx(4 / 7)
+    assert fsa.promoted_tokens(L, 2).tolist() == [[2, 0], [0, 1]]
+
+
+def test_bad_inputs_are_one_line_errors():
+    acts, toks, ok, L = tiny()
+    with pytest.raises(ValueError, match="next_ok"):
+        fsa.edge_stats(acts, toks, np.ones(6, bool), L)
+    with pytest.raises(ValueError, match="logit_eff"):
+        fsa.edge_stats(acts, toks, ok, L[:1])
+    with pytest.raises(ValueError, match="token_ids"):
+        fsa.edge_stats(acts, toks + 5, ok, L)
+    with pytest.raises(ValueError, match="weight"):
+        fsa.FSAConfig(weight="size")
+
+
+# --- planted automaton ----------------------------------------------------------------------------
+
+def test_planted_automaton_is_the_top_automaton(planted_graph):
+    fg, auto = planted_graph
+    top = auto.iloc[0]
+    p, r = prf(top["states"], range(N_STATES))
+    assert p >= 0.8 and r >= 0.8, (p, r, top["states"])
+    p, r = prf(map(tuple, top["edges"]), PLANTED)
+    assert p >= 0.8 and r >= 0.8, (p, r, top["edges"])
+    assert top["kind"] == "scc"
+    # every kept edge at a state is a planted one (or a state's self-loop: text runs of two tokens);
+    # elsewhere only the odd chance edge between filler-token features (they share the filler
+    # context, so their pmi is ~ln(1/P(filler)) > 1, and a random logit effect rarely clears mech >= 2)
+    kept = {(a, b) for a, b in fg.graph.edges() if a != b}
+    assert {e for e in kept if min(e) < N_STATES} == PLANTED
+    assert len(kept - PLANTED) <= 2
+    # the decoys: the context feature promotes "<" but follows nothing strongly (pmi ~ ln 2 < 1);
+    # the noise features follow each other at chance; token features of i.i.d. filler at chance
+    ctx = N_STATES + N_TOKEN_FEATS
+    e = fg.edges.set_index(["src", "dst"])
+    assert e.loc[(ctx, 0), "mech"] > 1 and e.loc[(ctx, 0), "pmi"] < 1
+    # the transition table reads as the planted one: state -> next state on the next class's tokens
+    tt = fsa.transition_table(fg, top)
+    assert len(tt) == 6
+    for row in tt.itertuples():
+        assert (row.state, row.next_state) in PLANTED
+        # the class's tokens carry the mass; spurious firings add light tokens at the tail
+        heavy = {i for i, w in zip(row.input_ids, row.input_weights) if w > 0.05}
+        assert heavy == set(CLASSES[row.next_state])
+    assert {"state", "state_label", "input_ids", "input_tokens", "next_state", "next_label"} <= set(tt.columns)
+
+
+def test_planted_cycles_and_chains():
+    # a chain a -> b -> c -> d added to the planted data as four features with its own tokens
+    acts, toks, ok, L = planted(30_000, seed=3)
+    fg = fsa.build_graph(acts, toks, ok, L, fsa.FSAConfig(max_cycle_len=6), null=False)
+    auto = fsa.find_automata(fg)
+    cyc = auto[auto["kind"] == "cycle"]
+    assert len(cyc) == 0  # the planted SCC is one cycle and is reported once, as an SCC
+    # break the cycle (drop ">" -> text): what is left is one chain of six states
+    G = fg.graph
+    G.remove_edge(4, 5)
+    auto2 = fsa.find_automata(fg)
+    chains = auto2[auto2["kind"] == "chain"]
+    assert len(chains) == 1 and chains.iloc[0]["states"] == [5, 0, 1, 2, 3, 4]
+    assert (auto2["kind"] == "scc").sum() == 0
+
+
+def test_null_gives_near_zero_edges(planted_data, planted_graph):
+    fg, _ = planted_graph
+    acts, toks, ok, L = planted_data
+    ns = fg.null_summary
+    # on the real order the planted edges pass; with the order shuffled, nothing does
+    assert ns.loc["pmi", "n_kept"] >= 6 and ns.loc["pmi", "null_n_kept"] == 0
+    # the null's pmi centres on 0 and its 99.9% quantile sits below the default threshold (1)
+    assert abs(ns.loc["pmi", "null_q0.5"]) < 0.05 and ns.loc["pmi", "null_q0.999"] < fsa.FSAConfig().min_pmi
+    assert ns.loc["pmi", "q0.999"] > 2  # the planted transitions: lift ~ 1 / P(next state)
+    # the whole pipeline on shuffled data finds no automaton
+    sa, st, so = shuffled(acts, toks)
+    fg0 = fsa.build_graph(sa, st, so, L, null=False)
+    assert fg0.graph.number_of_edges() <= 1
+    assert (fsa.find_automata(fg0)["n_states"] >= 3).sum() == 0
+
+
+def test_neuron_basis_dense_input_and_comparison(planted_data, planted_graph):
+    fg, auto = planted_graph
+    acts, toks, ok, L = planted_data
+    dense = acts.toarray().astype(np.float16)
+    fd = fsa.build_graph(dense, toks, ok, L)
+    assert set(fd.graph.edges()) == set(fg.graph.edges())
+    # a "neuron" basis: a random rotation mixes the states, so no unit is a state any more
+    rng = np.random.default_rng(0)
+    Qm, _ = np.linalg.qr(rng.normal(size=(N_FEATS, N_FEATS)))
+    neur = np.maximum(acts.toarray() @ Qm, 0).astype(np.float16)
+    fn = fsa.build_graph(neur, toks, ok, Qm.T @ L)
+    an = fsa.find_automata(fn)
+    cmp = fsa.compare_bases({"features": (fg, auto), "neurons": (fn, an)}).set_index("basis")
+    assert cmp.loc["features", "largest_automaton"] == 6
+    assert cmp.loc["neurons", "state_purity"] < cmp.loc["features", "state_purity"] or \
+        cmp.loc["neurons", "largest_automaton"] < 6
+    assert {"n_edges", "null_edges", "n_scc", "n_cycles", "n_chains", "mean_states"} <= set(cmp.columns)
+
+
+# --- across seeds ---------------------------------------------------------------------------------
+
+def test_cross_seed_share_on_a_permuted_copy(planted_data, planted_graph):
+    fg, auto = planted_graph
+    acts, toks, ok, L = planted_data
+    perm = np.random.default_rng(5).permutation(N_FEATS)  # B's unit perm[i] is A's unit i
+    inv = np.argsort(perm)
+    B = acts[:, inv]
+    LB = L[inv]
+    fb = fsa.build_graph(B, toks, ok, LB, null=False)
+    ab = fsa.find_automata(fb)
+    top_edges = auto.iloc[0]["edges"]
+    true = fsa.cross_seed_share(top_edges, fb.graph, perm, n_shuffles=200, seed=0)
+    assert true["share"] == 1.0 and true["n_edges"] == 6
+    assert true["shuffled_mean"] < 0.05
+    # state 0 matched to a filler feature's counterpart instead: its two edges (5->0, 0->1) are lost
+    off = perm.copy()
+    off[[0, 30]] = off[[30, 0]]
+    assert fsa.cross_seed_share(top_edges, fb.graph, off, n_shuffles=0)["share"] == pytest.approx(4 / 6)
+    # random matchings score what the shuffled baseline says
+    wrong = [fsa.cross_seed_share(top_edges, fb.graph, np.random.default_rng(s).permutation(N_FEATS),
+                                  n_shuffles=0)["share"] for s in range(50)]
+    assert abs(np.mean(wrong) - true["shuffled_mean"]) < 0.03
+    both = fsa.automata_in_both(auto, ab, fb.graph, perm)
+    assert both.iloc[0]["found_in_both"] and both.iloc[0]["edge_share"] == 1.0 and both.iloc[0]["jaccard"] == 1.0
+    none = fsa.automata_in_both(auto, ab, fb.graph, np.random.default_rng(9).permutation(N_FEATS))
+    assert not none["found_in_both"].any()
+
+
+# --- predictive check -----------------------------------------------------------------------------
+
+def test_predictive_check_beats_frequency_only_on_structure(planted_data):
+    acts, toks, ok, L = planted_data
+    cut = int(0.8 * acts.shape[0])
+    ok_fit = ok[:cut].copy()
+    ok_fit[-1] = False
+    fg = fsa.build_graph(acts[:cut], toks[:cut], ok_fit, L, null=False)  # the graph sees the fit part only
+    top = fsa.find_automata(fg).iloc[0]
+    res = fsa.predictive_check(acts, ok, top["states"], top["edges"], fit_frac=0.8)
+    assert res["n_test"] > 1000
+    assert res["accuracy"] > 0.85 and res["accuracy"] > res["baseline_accuracy"] + 0.4
+    sa, _, so = shuffled(acts, toks)
+    res0 = fsa.predictive_check(sa, so, top["states"], top["edges"], fit_frac=0.8)
+    assert res0["n_test"] > 1000
+    assert res0["accuracy"] < res0["baseline_accuracy"] + 0.03
