@@ -152,7 +152,7 @@ def test_bad_inputs_are_one_line_errors():
 
 # --- planted automaton ----------------------------------------------------------------------------
 
-def test_planted_automaton_is_the_top_automaton(planted_graph):
+def test_planted_automaton_is_the_top_automaton(planted_data, planted_graph):
     fg, auto = planted_graph
     top = auto.iloc[0]
     p, r = prf(top["states"], range(N_STATES))
@@ -166,11 +166,13 @@ def test_planted_automaton_is_the_top_automaton(planted_graph):
     kept = {(a, b) for a, b in fg.graph.edges() if a != b}
     assert {e for e in kept if min(e) < N_STATES} == PLANTED
     assert len(kept - PLANTED) <= 2
-    # the decoys: the context feature promotes "<" but follows nothing strongly (pmi ~ ln 2 < 1);
-    # the noise features follow each other at chance; token features of i.i.d. filler at chance
+    # the decoys: the context feature promotes "<" (mech > 2) but follows nothing beyond chance
+    # (its pmi with "<" is below the candidate floor of 0); noise and filler features are at chance
     ctx = N_STATES + N_TOKEN_FEATS
-    e = fg.edges.set_index(["src", "dst"])
-    assert e.loc[(ctx, 0), "mech"] > 1 and e.loc[(ctx, 0), "pmi"] < 1
+    assert ctx not in fg.graph
+    allp, _ = fsa.edge_stats(*planted_data, fsa.FSAConfig(candidate_pmi=None))
+    e = allp.set_index(["src", "dst"])
+    assert e.loc[(ctx, 0), "mech"] > 2 and e.loc[(ctx, 0), "pmi"] < 1
     # the transition table reads as the planted one: state -> next state on the next class's tokens
     tt = fsa.transition_table(fg, top)
     assert len(tt) == 6
@@ -204,8 +206,11 @@ def test_null_gives_near_zero_edges(planted_data, planted_graph):
     ns = fg.null_summary
     # on the real order the planted edges pass; with the order shuffled, nothing does
     assert ns.loc["pmi", "n_kept"] >= 6 and ns.loc["pmi", "null_n_kept"] == 0
-    # the null's pmi centres on 0 and its 99.9% quantile sits below the default threshold (1)
-    assert abs(ns.loc["pmi", "null_q0.5"]) < 0.05 and ns.loc["pmi", "null_q0.999"] < fsa.FSAConfig().min_pmi
+    # the null's candidates (pmi > 0) have their 99.9% quantile below the default threshold (1) ...
+    assert 0 < ns.loc["pmi", "null_q0.999"] < fsa.FSAConfig().min_pmi
+    # ... and without the candidate floor the null's pmi centres on 0
+    null_all, _ = fsa.edge_stats(acts, toks, ok, L, fsa.FSAConfig(candidate_pmi=None), shuffle_seed=0)
+    assert abs(null_all["pmi"].median()) < 0.02 and (null_all["pmi"] <= 0).mean() > 0.4
     assert ns.loc["pmi", "q0.999"] > 2  # the planted transitions: lift ~ 1 / P(next state)
     # the whole pipeline on shuffled data finds no automaton
     sa, st, so = shuffled(acts, toks)
@@ -274,7 +279,138 @@ def test_predictive_check_beats_frequency_only_on_structure(planted_data):
     res = fsa.predictive_check(acts, ok, top["states"], top["edges"], fit_frac=0.8)
     assert res["n_test"] > 1000
     assert res["accuracy"] > 0.85 and res["accuracy"] > res["baseline_accuracy"] + 0.4
+    # the edges are the claim: the same states with every edge reversed predict worse than frequency
+    rev = fsa.predictive_check(acts, ok, top["states"], [(b, a) for a, b in top["edges"]], fit_frac=0.8)
+    assert rev["accuracy"] < rev["baseline_accuracy"]
     sa, _, so = shuffled(acts, toks)
     res0 = fsa.predictive_check(sa, so, top["states"], top["edges"], fit_frac=0.8)
     assert res0["n_test"] > 1000
     assert res0["accuracy"] < res0["baseline_accuracy"] + 0.03
+
+
+def test_engines_agree(planted_data):
+    acts, toks, ok, L = planted_data
+    sub = acts[:20_000]
+    ok_sub = ok[:20_000].copy()
+    ok_sub[-1] = False
+    cfg = dict(min_count=3, candidate_pmi=None)
+    frames = [fsa.edge_stats(sub, toks[:20_000], ok_sub, L, fsa.FSAConfig(engine=e, **cfg))[0] for e in ("numba", "scipy")]
+    frames.append(fsa.edge_stats(sub.toarray(), toks[:20_000], ok_sub, L, fsa.FSAConfig(**cfg))[0])
+    for f in frames[1:]:
+        assert f[["src", "dst", "count", "n_src", "n_dst"]].equals(frames[0][["src", "dst", "count", "n_src", "n_dst"]])
+        np.testing.assert_allclose(f["attribution"], frames[0]["attribution"], rtol=1e-4, atol=1e-3)
+        np.testing.assert_allclose(f["mech"], frames[0]["mech"], rtol=1e-6)
+    # the chance-level prefilter drops exactly the pairs at or below pmi 0
+    pre = fsa.edge_stats(sub, toks[:20_000], ok_sub, L, fsa.FSAConfig(min_count=3))[0]
+    assert pre[["src", "dst"]].equals(frames[0].loc[frames[0]["pmi"] > 0, ["src", "dst"]].reset_index(drop=True))
+    # and chunking the sparse products changes nothing
+    small = fsa.edge_stats(sub, toks[:20_000], ok_sub, L, fsa.FSAConfig(engine="scipy", work_per_chunk=500, **cfg))[0]
+    assert small[["src", "dst", "count"]].equals(frames[1][["src", "dst", "count"]])
+
+
+def test_build_is_deterministic(planted_data):
+    acts, toks, ok, L = planted_data
+    a = fsa.build_graph(acts, toks, ok, L)
+    b = fsa.build_graph(acts, toks, ok, L)
+    assert a.edges.equals(b.edges) and a.null_edges.equals(b.null_edges)
+    assert fsa.find_automata(a).equals(fsa.find_automata(b))
+
+
+# --- end to end: a small LM and dictionary trained on text with a planted automaton -------------
+
+E2E_STATES = [[" <"], ["alpha", "beta", "gamma", "delta"], ["="], ["red", "green", "blue", "gold"], [">"],
+              ["cat", "dog", "sun", "map"]]
+
+
+def _write_tag_corpus(root, n_docs=600, seed=0):
+    """Documents mixing nonsense-word sentences with runs of `` <name=value>text`` tags."""
+    rng = np.random.default_rng(seed)
+    chars = list("bcfhjklmnpqrstvwxzaeiouy")
+    filler = ["".join(rng.choice(chars, int(rng.integers(3, 7)))) for _ in range(60)]
+    root.mkdir(parents=True)
+    for d in range(n_docs):
+        parts = []
+        for _ in range(int(rng.integers(6, 12))):
+            if rng.random() < 0.5:
+                parts.append(" ".join(rng.choice(filler, int(rng.integers(5, 15)))) + ".")
+            else:
+                parts.append("".join(f" <{rng.choice(E2E_STATES[1])}={rng.choice(E2E_STATES[3])}>"
+                                     f"{rng.choice(E2E_STATES[5])}" for _ in range(int(rng.integers(3, 8)))))
+        (root / f"doc{d:03d}.txt").write_text("\n".join(parts) + "\n")
+
+
+def _state_level(auto_row, state_of_unit):
+    """State-level transitions of an automaton: its edges between units mapped to distinct planted
+    states, as a set and with their co-occurrence counts."""
+    mass = {}
+    for (a, b), c in zip(auto_row["edges"], auto_row["counts"]):
+        sa, sb = state_of_unit(a), state_of_unit(b)
+        if sa >= 0 and sb >= 0 and sa != sb:
+            mass[sa, sb] = mass.get((sa, sb), 0) + c
+    found = set(mass)
+    tp = found & PLANTED
+    total = sum(mass.values())
+    return {"precision": len(tp) / max(1, len(found)), "recall": len(tp) / len(PLANTED),
+            "precision_weighted": sum(mass[e] for e in tp) / max(1, total), "n_transitions": len(found)}
+
+
+@pytest.mark.heavy
+def test_planted_automaton_end_to_end(tmp_path):
+    from splitkit import pipeline as P
+    from splitkit.config import get_preset
+    from splitkit.matching import logit_effects
+
+    _write_tag_corpus(tmp_path / "corpus")
+    cfg = get_preset("smoke").with_overrides(
+        corpus={"path": str(tmp_path / "corpus"), "glob": "**/*.txt", "max_docs": None},
+        lm={"n_tokens": 100_000}, dict={"l1_coeff": 3e-3, "n_tokens": 300_000}, cache_dir=str(tmp_path / "cache"))
+    tok = P.get_tokens(cfg, progress=False).tokenizer
+    lm = P.get_lm(cfg, cfg.seed_a, progress=False)
+    n = cfg.dict.sizes[0]
+    fam = P.get_family(cfg, cfg.seed_a, progress=False)
+    F = P.get_features(cfg, cfg.seed_a, n, progress=False).acts()
+    store = P.get_acts(cfg, cfg.seed_a, "analysis", progress=False)
+    toks = np.asarray(store.tokens).astype(np.int64)
+    # pairs stay inside a context window and a document
+    T = cfg.model.n_ctx
+    ok = np.ones(len(toks), bool)
+    ok[T - 1 :: T] = False
+    ok[:-1] &= toks[1:] != 0
+    ok[-1] = False
+    path = {k: v.numpy() for k, v in lm.model().direct_path().items()}
+    L = logit_effects(fam.sae(n).W_dec.detach().numpy(), path["W_out"], path["W_U"], path["ln_scale"])
+    X = store.head()  # neurons [n_tokens, d_mlp] float16
+    LN = logit_effects(np.eye(X.shape[1], dtype=np.float32), path["W_out"], path["W_U"], path["ln_scale"])
+
+    def decode(ids):
+        return [tok.decode([int(i)]) for i in ids]
+
+    token_state = {}
+    for s, words in enumerate(E2E_STATES):
+        for w in words:
+            ids = tok.encode(w).ids
+            assert len(ids) == 1, (w, ids)  # the premise: each planted symbol is one token
+            token_state[ids[0]] = s
+    out = {}
+    for basis, acts, logit in (("features", F, L), ("neurons", X, LN)):
+        fg = fsa.build_graph(acts, toks, ok, logit, decode=decode)
+        auto = fsa.find_automata(fg)
+        counts = {(a, b): c for a, b, c in fg.graph.edges(data="count")}
+        top = dict(auto.iloc[0])
+        top["counts"] = [counts[tuple(e)] for e in top["edges"]]
+
+        def state_of_unit(u, fg=fg):  # the planted state holding at least half of the unit's class mass
+            share = {}
+            for i, w in zip(fg.token_class[u], fg.token_weight[u]):
+                if i in token_state:
+                    share[token_state[i]] = share.get(token_state[i], 0.0) + w
+            return max(share, key=share.get) if share and max(share.values()) >= 0.5 else -1
+
+        out[basis] = {**_state_level(top, state_of_unit), "n_states": int(top["n_states"]), "kind": top["kind"],
+                      "null_edges": int(fg.null_edges["kept"].sum()), "n_edges": int(fg.edges["kept"].sum())}
+        out[basis]["table"] = (fg, auto)
+    cmp = fsa.compare_bases({k: v.pop("table") for k, v in out.items()})
+    print("\nplanted end to end:", out, "\n", cmp.to_string())
+    f = out["features"]
+    assert f["recall"] >= 0.8 and f["precision_weighted"] >= 0.8, f
+    assert f["null_edges"] <= 0.01 * f["n_edges"]

@@ -55,6 +55,13 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+try:  # numba ships with umap-learn; the scipy engine gives the same numbers without it
+    import numba
+
+    HAVE_NUMBA = True
+except ImportError:  # pragma: no cover
+    HAVE_NUMBA = False
+
 DENSE_MAX_UNITS = 4096
 NULL_QUANTILES = (0.5, 0.9, 0.99, 0.999, 1.0)
 EDGE_COLUMNS = ("src", "dst", "count", "n_src", "n_dst", "lift", "pmi", "cond_prob", "mech", "attribution",
@@ -66,6 +73,9 @@ class FSAConfig:
     """Thresholds and bounds of the automaton search (defaults: see the module docstring)."""
 
     min_count: int = 5  # co-occurrences of (X at t, Y at t+1) for a candidate pair
+    # candidates also need pmi above this: pairs at or below chance are dropped inside the product
+    # loop, which keeps the candidate list (and the memory) small at large n; None keeps them all
+    candidate_pmi: float | None = 0.0
     min_pmi: float = 1.0  # ln lift: Y follows X at least e times more often than by chance
     min_mech: float = 2.0  # X raises Y's tokens by two standard deviations of its logit effects or more
     min_attribution: float = 0.0  # mean attribution per co-occurrence must be positive
@@ -77,6 +87,7 @@ class FSAConfig:
     weight: str = "pmi"  # edge attribute that ranks automata: pmi, mech or attribution_mean
     null_seed: int = 0
     work_per_chunk: int = 1 << 26  # multiply-adds per sparse product chunk (bounds its output too)
+    engine: str = "auto"  # sparse inputs: numba (fused, one pass) or scipy (SpGEMM); auto: numba if present
 
     def __post_init__(self):
         if self.min_count < 1:
@@ -85,6 +96,10 @@ class FSAConfig:
             raise ValueError(f"top_m must be >= 1, got {self.top_m}")
         if self.weight not in ("pmi", "mech", "attribution_mean"):
             raise ValueError(f"weight must be pmi, mech or attribution_mean, got {self.weight!r}")
+        if self.engine not in ("auto", "numba", "scipy"):
+            raise ValueError(f"engine must be auto, numba or scipy, got {self.engine!r}")
+        if self.engine == "numba" and not HAVE_NUMBA:
+            raise ValueError("engine='numba' needs numba installed; use engine='scipy'")
         if self.max_cycle_len < 2 or self.min_chain < 3:
             raise ValueError("max_cycle_len must be >= 2 and min_chain >= 3")
 
@@ -231,8 +246,8 @@ def _pairs(next_ok: np.ndarray, shuffle_seed: int | None) -> tuple[np.ndarray, n
 
 
 def _centred(L: np.ndarray) -> np.ndarray:
-    L = L.astype(np.float64)
-    return L - L.mean(1, keepdims=True)
+    """Logit effects centred over the vocabulary, float32 ``[n, vocab]``."""
+    return (L - L.mean(1, keepdims=True, dtype=np.float64)).astype(np.float32)
 
 
 def _lookup(keys: np.ndarray, vals: np.ndarray, query: np.ndarray) -> np.ndarray:
@@ -245,14 +260,92 @@ def _lookup(keys: np.ndarray, vals: np.ndarray, query: np.ndarray) -> np.ndarray
     return np.where(k[pos] == query, v[pos], 0.0).astype(np.float64)
 
 
+def _above_chance(c, ns, nd, N: int, cfg: FSAConfig) -> np.ndarray:
+    """Candidate mask: ``count >= min_count`` and ``pmi > candidate_pmi``."""
+    keep = c >= cfg.min_count
+    if cfg.candidate_pmi is not None:
+        keep &= c.astype(np.float64) * N > np.exp(cfg.candidate_pmi) * ns.astype(np.float64) * nd
+    return keep
+
+
+def _shifted(acts: sp.csr_matrix, src, dst, cfg: FSAConfig):
+    """``P`` (activations at t) and the int32 pattern ``Q`` (at t+1), both ``[N, n]`` CSR."""
+    a = _active_csr(acts, cfg.active_threshold)
+    P = a[src]
+    Q = a[dst]
+    Q.data[:] = 1
+    return P, Q.astype(np.int32)
+
+
+if HAVE_NUMBA:
+
+    @numba.njit(cache=True)
+    def _nb_pairs(x0, pt_ptr, pt_tok, pt_val, q_ptr, q_idx, tok_next, Lc, n_src, n_dst, n_pairs, min_count, lift_min,
+                  out_s, out_d, out_c, out_a):
+        """Fused counts and attribution of source rows ``x0..``, one row at a time with dense
+        accumulators of length n; candidates go to the ``out_*`` buffers. Stops before the row that
+        could overflow them; returns (next row, number written)."""
+        n = n_dst.shape[0]
+        cnt = np.zeros(n, np.int64)
+        att = np.zeros(n, np.float64)
+        touched = np.empty(n, np.int64)
+        m = 0
+        cap = out_s.shape[0]
+        for x in range(x0, pt_ptr.shape[0] - 1):
+            if m + n > cap and m > 0:  # this row could emit up to n candidates
+                return x, m
+            nt = 0
+            for p in range(pt_ptr[x], pt_ptr[x + 1]):
+                t = pt_tok[p]
+                a = pt_val[p] * Lc[x, tok_next[t]]
+                for q in range(q_ptr[t], q_ptr[t + 1]):
+                    y = q_idx[q]
+                    if cnt[y] == 0:
+                        touched[nt] = y
+                        nt += 1
+                    cnt[y] += 1
+                    att[y] += a
+            for i in range(nt):
+                y = touched[i]
+                c = cnt[y]
+                if c >= min_count and (lift_min < 0 or c * float(n_pairs) > lift_min * float(n_src[x]) * n_dst[y]):
+                    out_s[m] = x
+                    out_d[m] = y
+                    out_c[m] = c
+                    out_a[m] = att[y]
+                    m += 1
+                cnt[y] = 0
+                att[y] = 0.0
+        return pt_ptr.shape[0] - 1, m
+
+
+def _pair_counts_numba(acts: sp.csr_matrix, src, dst, token_ids, Lc, cfg: FSAConfig):
+    """Candidate pairs in one fused pass (numba), source row by source row."""
+    n = acts.shape[1]
+    P, Q = _shifted(acts, src, dst, cfg)
+    PT = P.T.tocsr()  # [n, N]: the positions where each unit is active at t
+    PT.sort_indices()
+    n_src = np.diff(PT.indptr).astype(np.int64)
+    n_dst = np.diff(Q.tocsc().indptr).astype(np.int64)
+    lift_min = -1.0 if cfg.candidate_pmi is None else float(np.exp(cfg.candidate_pmi))
+    cap = max(4 * n, 1 << 20)
+    outs, x = [], 0
+    while x < n:
+        buf = (np.empty(cap, np.int64), np.empty(cap, np.int64), np.empty(cap, np.int64), np.empty(cap, np.float64))
+        x, m = _nb_pairs(x, PT.indptr.astype(np.int64), PT.indices.astype(np.int64), PT.data.astype(np.float64),
+                         Q.indptr.astype(np.int64), Q.indices.astype(np.int64), token_ids[dst].astype(np.int64),
+                         np.ascontiguousarray(Lc, dtype=np.float32), n_src, n_dst, len(src), cfg.min_count,
+                         lift_min, *buf)
+        outs.append([b[:m].copy() for b in buf])
+        cap *= 2  # fewer, larger rounds when candidates are many
+    s, d, c, a = (np.concatenate([o[i] for o in outs]) for i in range(4))
+    return s, d, c, a, n_src, n_dst
+
+
 def _pair_counts_sparse(acts: sp.csr_matrix, src, dst, token_ids, Lc, cfg: FSAConfig):
     """Candidate pairs from sparse products of the shifted patterns, chunked over source units."""
     n = acts.shape[1]
-    a = _active_csr(acts, cfg.active_threshold)
-    P = a[src]  # [N, n] activations at t
-    Q = a[dst]  # [N, n] pattern at t+1
-    Q.data[:] = 1
-    Q = Q.astype(np.int32)
+    P, Q = _shifted(acts, src, dst, cfg)  # [N, n] activations at t, pattern at t+1
     tok_next = token_ids[dst]
     # attribution values at t: acts[t, X] * Lc[X, token[t+1]], in row blocks to bound the gather
     Pa = sp.csr_matrix((P.data.astype(np.float64), P.indices, P.indptr), shape=P.shape)  # P's exact layout
@@ -278,9 +371,10 @@ def _pair_counts_sparse(acts: sp.csr_matrix, src, dst, token_ids, Lc, cfg: FSACo
         x1 = int(np.searchsorted(cum, base + cfg.work_per_chunk, side="right"))
         x1 = min(n, max(x1, x0 + 1))
         C = (PTb[x0:x1] @ Q).tocsr()
-        keep = C.data >= cfg.min_count
+        r_all = _rows_of(C) + x0
+        keep = _above_chance(C.data, n_src[r_all], n_dst[C.indices], len(src), cfg)
         if keep.any():
-            rows = _rows_of(C)[keep] + x0
+            rows = r_all[keep]
             cols = C.indices[keep]
             A = (PTa[x0:x1] @ Q).tocsr()  # same candidates; an exactly cancelled sum may be missing
             a_keys = (_rows_of(A) + x0).astype(np.int64) * n + A.indices
@@ -315,6 +409,8 @@ def _pair_counts_dense(acts: np.ndarray, src, dst, token_ids, Lc, cfg: FSAConfig
         n_src += xb.sum(0).astype(np.int64)
         n_dst += yb.sum(0).astype(np.int64)
     r, c = np.nonzero(C >= cfg.min_count)
+    keep = _above_chance(C[r, c], n_src[r], n_dst[c], len(src), cfg)
+    r, c = r[keep], c[keep]
     return r.astype(np.int64), c.astype(np.int64), C[r, c].astype(np.int64), Att[r, c], n_src, n_dst
 
 
@@ -345,8 +441,15 @@ def edge_stats(acts, token_ids, next_ok, logit_eff, cfg: FSAConfig = FSAConfig()
     ids, w = token_class
     src, dst = _pairs(next_ok, shuffle_seed)
     Lc = _centred(L)
-    engine = _pair_counts_sparse if sp.issparse(acts) else _pair_counts_dense
+    if not sp.issparse(acts):
+        engine = _pair_counts_dense
+    elif cfg.engine == "scipy" or (cfg.engine == "auto" and not HAVE_NUMBA):
+        engine = _pair_counts_sparse
+    else:
+        engine = _pair_counts_numba
     s, d, c, att, n_src, n_dst = engine(acts, src, dst, token_ids, Lc, cfg)
+    order = np.lexsort((d, s))
+    s, d, c, att = s[order], d[order], c[order], att[order]
     N = len(src)
     ns, nd = n_src[s].astype(np.float64), n_dst[d].astype(np.float64)
     lift = c * float(N) / (ns * nd)
@@ -355,7 +458,7 @@ def edge_stats(acts, token_ids, next_ok, logit_eff, cfg: FSAConfig = FSAConfig()
                        "attribution": att, "attribution_mean": att / c})
     df["kept"] = ((df["pmi"] >= cfg.min_pmi) & (df["mech"] >= cfg.min_mech)
                   & (df["attribution_mean"] > cfg.min_attribution))
-    return df.sort_values(["src", "dst"], ignore_index=True), N
+    return df, N
 
 
 def null_summary(edges: pd.DataFrame, null_edges: pd.DataFrame) -> pd.DataFrame:
