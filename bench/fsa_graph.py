@@ -8,7 +8,8 @@ Synthetic data: column densities log-uniform in [1e-5, 1e-1], rescaled so the me
 active features per token is ``--l0``; firing positions uniform, values 0.1 + Exp(1), float32 CSR.
 Tokens uniform over a 4,096 vocabulary, documents of 128 tokens (``next_ok`` False at their ends),
 logit effects N(0, 1) float32 ``[n, vocab]``. A planted 5-state cycle (features 0-4 fire in turn on
-the first 5% of the tokens, each promoting the next one's tokens) checks the timed run still finds it.
+the first 5% of the tokens, each promoting the next one's tokens) checks the timed run still finds it;
+everything else is independent, so any other kept edge is a false positive (``n_kept - 5``).
 
 Each stage is timed by wall clock and process CPU time; "peak" is the process's high-water RSS
 after the stage, reset before it (``/proc/self/clear_refs``, Linux), inputs included.
@@ -113,16 +114,15 @@ def main(argv=None) -> int:
     _stage("null_edges", lambda: fsa.edge_stats(acts, toks, ok, L, cfg, shuffle_seed=0, token_class=cls[:2]), st)
     fg = _stage("build_graph", lambda: fsa.build_graph(acts, toks, ok, L, cfg), st)
     auto = _stage("find_automata", lambda: fsa.find_automata(fg), st)
-    top = auto.iloc[0] if len(auto) else None
-    found = top is not None and sorted(top["states"]) == [0, 1, 2, 3, 4]
+    found = any(sorted(s) == [0, 1, 2, 3, 4] for s in auto["states"])
     res = {"n_features": args.n, "n_tokens": n_tokens, "nnz": int(acts.nnz), "l0": acts.nnz / n_tokens,
            "n_pairs": N, "n_candidates": int(len(fg.edges)), "n_kept": int(fg.edges["kept"].sum()),
            "null_kept": int(fg.null_edges["kept"].sum()), "n_automata": int(len(auto)),
-           "planted_cycle_is_top": bool(found), "stages": st,
+           "planted_cycle_found": bool(found), "stages": st,
            "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
                        "omp_threads": os.environ.get("OMP_NUM_THREADS")}}
     print(f"candidates {res['n_candidates']:,}, kept {res['n_kept']}, null kept {res['null_kept']}, "
-          f"automata {res['n_automata']}, planted cycle on top: {found}")
+          f"automata {res['n_automata']}, planted cycle found: {found}")
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(res, indent=1))

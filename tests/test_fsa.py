@@ -100,7 +100,7 @@ def tiny():
 
 def test_tiny_case_weights_by_hand():
     acts, toks, ok, L = tiny()
-    cfg = fsa.FSAConfig(min_count=1, top_m=2, min_pmi=-10, min_mech=-10, min_attribution=-10)
+    cfg = fsa.FSAConfig(min_count=1, top_m=2, min_pmi=-10, min_mech=-10, min_attribution=-10, alpha=1.0)
     df, N = fsa.edge_stats(acts, toks, ok, L, cfg)
     assert N == 5
     e = {(r.src, r.dst): r for r in df.itertuples()}
@@ -112,6 +112,10 @@ def test_tiny_case_weights_by_hand():
     # Y at t = 1, 3 (2); X at t+1 = 2, 4 (2); both coincide
     assert (yx.count, yx.n_src, yx.n_dst) == (2, 2, 2) and yx.lift == pytest.approx(2.5)
     assert xy.cond_prob == pytest.approx(1.0)
+    # Poisson tails: X->Y expects 3*3/5 = 1.8, P(C >= 3) = 1 - e^-1.8 (1 + 1.8 + 1.8^2/2);
+    # Y->X expects 2*2/5 = 0.8, P(C >= 2) = 1 - e^-0.8 (1 + 0.8)
+    assert xy.log10_p == pytest.approx(math.log10(1 - math.exp(-1.8) * (1 + 1.8 + 1.62)))
+    assert yx.log10_p == pytest.approx(math.log10(1 - math.exp(-0.8) * 1.8))
     # Y's mass: token 1 -> 2 + 1 = 3, token 2 -> 4: class [2, 1], weights 4/7, 3/7
     # mech X->Y = 4/7 z_X(2) + 3/7 z_X(1) = sqrt(1.5) / 7; X's class is token 0 alone: mech Y->X = z_Y(0)
     assert xy.mech == pytest.approx(math.sqrt(1.5) / 7)
@@ -126,8 +130,11 @@ def test_tiny_case_weights_by_hand():
                                df[["count", "lift", "mech", "attribution"]].to_numpy(), rtol=1e-6)
     # thresholds: both clear pmi >= 0.5 (ln 5/3 = 0.51, ln 2.5 = 0.92); X->Y fails mech >= 1 and
     # attribution > 0, Y->X (mech 1.22) passes all; at the defaults (pmi 1, mech 2) neither is kept
-    k, _ = fsa.edge_stats(acts, toks, ok, L, fsa.FSAConfig(min_count=2, min_pmi=0.5, min_mech=1.0))
+    k, _ = fsa.edge_stats(acts, toks, ok, L, fsa.FSAConfig(min_count=2, min_pmi=0.5, min_mech=1.0, alpha=1.0))
     assert k.loc[k["kept"], ["src", "dst"]].values.tolist() == [[1, 0]]
+    # ... and two co-occurrences where 0.8 are expected (p = 0.19) fail alpha = 0.5 over 4 pairs (0.125)
+    k, _ = fsa.edge_stats(acts, toks, ok, L, fsa.FSAConfig(min_count=2, min_pmi=0.5, min_mech=1.0, alpha=0.5))
+    assert not k["kept"].any()
 
 
 def test_token_classes_and_promoted():
@@ -412,5 +419,5 @@ def test_planted_automaton_end_to_end(tmp_path):
     cmp = fsa.compare_bases({k: v.pop("table") for k, v in out.items()})
     print("\nplanted end to end:", out, "\n", cmp.to_string())
     f = out["features"]
-    assert f["recall"] >= 0.8 and f["precision_weighted"] >= 0.8, f
+    assert f["recall"] >= 0.8 and f["precision"] >= 0.8 and f["precision_weighted"] >= 0.8, f
     assert f["null_edges"] <= 0.01 * f["n_edges"]

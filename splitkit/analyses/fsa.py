@@ -14,11 +14,14 @@ Inputs (the same for features and for neurons):
 A unit is *active* at t when its activation exceeds ``active_threshold`` (0 by default). The pairs
 are the positions (t, t+1) with ``next_ok[t]``; ``N`` is their number.
 
-Edge weights of X -> Y (candidate pairs are those with ``count >= min_count``):
+Edge weights of X -> Y (candidate pairs: ``count >= min_count`` and ``pmi > candidate_pmi``):
 
 - ``count``: pairs where X is active at t and Y at t+1; ``n_src`` / ``n_dst``: pairs where X is
   active at t / Y at t+1. ``lift = count * N / (n_src * n_dst)``, ``pmi = ln(lift)``,
-  ``cond_prob = count / n_src``.
+  ``cond_prob = count / n_src``. ``log10_p``: log10 of the Poisson upper tail
+  ``P(C >= count)`` for ``C ~ Poisson(n_src * n_dst / N)``, the count expected if X and Y were
+  independent: a pair of rare units seen together five times is significant, two frequent ones
+  seen five times instead of two are not, which ``min_count`` alone cannot tell apart.
 - ``mech`` (mechanistic): Y's *token class* is the ``top_m`` token ids carrying the most
   activation mass of Y (sum of Y's activations over the positions holding that token), with
   weights ``w_Y(v) = mass_Y(v) / sum of the top_m masses``. X's logit effects are standardised over
@@ -31,9 +34,9 @@ Edge weights of X -> Y (candidate pairs are those with ``count >= min_count``):
   paper's per-position attribution, restricted to where Y fires next); ``attribution_mean`` is that
   sum divided by ``count``.
 
-An edge is *kept* when ``count >= min_count``, ``pmi >= min_pmi``, ``mech >= min_mech`` and
-``attribution_mean > min_attribution``: it must be both frequent beyond chance and carried by the
-direct path. The null (:func:`build_graph` with ``null=True``) recomputes every statistic after a
+An edge is *kept* when ``count >= min_count``, ``pmi >= min_pmi``, ``log10_p <= log10(alpha / n^2)``
+(Bonferroni over all ordered pairs), ``mech >= min_mech`` and ``attribution_mean > min_attribution``:
+it must be frequent beyond chance and carried by the direct path. The null (:func:`build_graph` with ``null=True``) recomputes every statistic after a
 seeded shuffle of the token order (activations and token ids permuted together, so per-unit
 densities and token classes are unchanged and only the order is lost); its quantiles and its
 number of kept edges are what the default thresholds are judged by.
@@ -54,6 +57,7 @@ import networkx as nx
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
+from scipy.stats import poisson
 
 try:  # numba ships with umap-learn; the scipy engine gives the same numbers without it
     import numba
@@ -64,7 +68,7 @@ except ImportError:  # pragma: no cover
 
 DENSE_MAX_UNITS = 4096
 NULL_QUANTILES = (0.5, 0.9, 0.99, 0.999, 1.0)
-EDGE_COLUMNS = ("src", "dst", "count", "n_src", "n_dst", "lift", "pmi", "cond_prob", "mech", "attribution",
+EDGE_COLUMNS = ("src", "dst", "count", "n_src", "n_dst", "lift", "pmi", "cond_prob", "log10_p", "mech", "attribution",
                 "attribution_mean", "kept")
 
 
@@ -79,6 +83,7 @@ class FSAConfig:
     min_pmi: float = 1.0  # ln lift: Y follows X at least e times more often than by chance
     min_mech: float = 2.0  # X raises Y's tokens by two standard deviations of its logit effects or more
     min_attribution: float = 0.0  # mean attribution per co-occurrence must be positive
+    alpha: float = 0.01  # family-wise level of the co-occurrence test over the n^2 ordered pairs
     top_m: int = 8  # tokens in a unit's token class (mechanistic weight, transition inputs, labels)
     active_threshold: float = 0.0
     max_cycle_len: int = 8
@@ -92,6 +97,8 @@ class FSAConfig:
     def __post_init__(self):
         if self.min_count < 1:
             raise ValueError(f"min_count must be >= 1, got {self.min_count}")
+        if not 0 < self.alpha <= 1:
+            raise ValueError(f"alpha must be in (0, 1], got {self.alpha}")
         if self.top_m < 1:
             raise ValueError(f"top_m must be >= 1, got {self.top_m}")
         if self.weight not in ("pmi", "mech", "attribution_mean"):
@@ -245,9 +252,18 @@ def _pairs(next_ok: np.ndarray, shuffle_seed: int | None) -> tuple[np.ndarray, n
     return perm[: len(src)], perm[1 : len(src) + 1]
 
 
+def _row_blocks(n: int, width: int, budget: int = 1 << 22):
+    step = max(1, budget // max(1, width))
+    return [(i, min(n, i + step)) for i in range(0, n, step)]
+
+
 def _centred(L: np.ndarray) -> np.ndarray:
-    """Logit effects centred over the vocabulary, float32 ``[n, vocab]``."""
-    return (L - L.mean(1, keepdims=True, dtype=np.float64)).astype(np.float32)
+    """Logit effects centred over the vocabulary, float32 ``[n, vocab]`` (row blocks: no float64 copy of L)."""
+    out = np.empty(L.shape, np.float32)
+    for i0, i1 in _row_blocks(*L.shape):
+        blk = L[i0:i1].astype(np.float64)
+        out[i0:i1] = blk - blk.mean(1, keepdims=True)
+    return out
 
 
 def _lookup(keys: np.ndarray, vals: np.ndarray, query: np.ndarray) -> np.ndarray:
@@ -280,11 +296,13 @@ def _shifted(acts: sp.csr_matrix, src, dst, cfg: FSAConfig):
 if HAVE_NUMBA:
 
     @numba.njit(cache=True)
-    def _nb_pairs(x0, pt_ptr, pt_tok, pt_val, q_ptr, q_idx, tok_next, Lc, n_src, n_dst, n_pairs, min_count, lift_min,
-                  out_s, out_d, out_c, out_a):
+    def _nb_pairs(x0, pt_ptr, pt_tok, pt_val, a_ptr, a_idx, next_of, tok, Lc, n_src, n_dst, n_pairs, min_count,
+                  lift_min, out_s, out_d, out_c, out_a):
         """Fused counts and attribution of source rows ``x0..``, one row at a time with dense
-        accumulators of length n; candidates go to the ``out_*`` buffers. Stops before the row that
-        could overflow them; returns (next row, number written)."""
+        accumulators of length n. ``pt_*``: the activations transposed ``[n, n_tokens]``; ``a_*``:
+        the pattern ``[n_tokens, n]``; ``next_of[t]``: the position paired after t (-1: none).
+        Candidates go to the ``out_*`` buffers; stops before a row that could overflow them and
+        returns (next row, number written)."""
         n = n_dst.shape[0]
         cnt = np.zeros(n, np.int64)
         att = np.zeros(n, np.float64)
@@ -296,10 +314,12 @@ if HAVE_NUMBA:
                 return x, m
             nt = 0
             for p in range(pt_ptr[x], pt_ptr[x + 1]):
-                t = pt_tok[p]
-                a = pt_val[p] * Lc[x, tok_next[t]]
-                for q in range(q_ptr[t], q_ptr[t + 1]):
-                    y = q_idx[q]
+                u = next_of[pt_tok[p]]
+                if u < 0:
+                    continue
+                a = np.float64(pt_val[p]) * Lc[x, tok[u]]
+                for q in range(a_ptr[u], a_ptr[u + 1]):
+                    y = a_idx[q]
                     if cnt[y] == 0:
                         touched[nt] = y
                         nt += 1
@@ -319,27 +339,27 @@ if HAVE_NUMBA:
         return pt_ptr.shape[0] - 1, m
 
 
-def _pair_counts_numba(acts: sp.csr_matrix, src, dst, token_ids, Lc, cfg: FSAConfig):
-    """Candidate pairs in one fused pass (numba), source row by source row."""
-    n = acts.shape[1]
-    P, Q = _shifted(acts, src, dst, cfg)
-    PT = P.T.tocsr()  # [n, N]: the positions where each unit is active at t
-    PT.sort_indices()
-    n_src = np.diff(PT.indptr).astype(np.int64)
-    n_dst = np.diff(Q.tocsc().indptr).astype(np.int64)
+def _pair_counts_numba(prep: "_Prepared", src, dst, cfg: FSAConfig):
+    """Candidate pairs in one fused pass (numba) over the whole matrix: no shifted copies."""
+    a, AT = prep.active, prep.active_t
+    n = a.shape[1]
+    next_of = np.full(a.shape[0], -1, np.int64)
+    next_of[src] = dst
+    n_src = np.bincount(a.indices[np.repeat(next_of >= 0, np.diff(a.indptr))], minlength=n).astype(np.int64)
+    is_dst = np.zeros(a.shape[0], bool)
+    is_dst[dst] = True
+    n_dst = np.bincount(a.indices[np.repeat(is_dst, np.diff(a.indptr))], minlength=n).astype(np.int64)
     lift_min = -1.0 if cfg.candidate_pmi is None else float(np.exp(cfg.candidate_pmi))
     cap = max(4 * n, 1 << 20)
     outs, x = [], 0
     while x < n:
         buf = (np.empty(cap, np.int64), np.empty(cap, np.int64), np.empty(cap, np.int64), np.empty(cap, np.float64))
-        x, m = _nb_pairs(x, PT.indptr.astype(np.int64), PT.indices.astype(np.int64), PT.data.astype(np.float64),
-                         Q.indptr.astype(np.int64), Q.indices.astype(np.int64), token_ids[dst].astype(np.int64),
-                         np.ascontiguousarray(Lc, dtype=np.float32), n_src, n_dst, len(src), cfg.min_count,
-                         lift_min, *buf)
+        x, m = _nb_pairs(x, AT.indptr, AT.indices, AT.data, a.indptr, a.indices, next_of, prep.token_ids, prep.Lc,
+                         n_src, n_dst, len(src), cfg.min_count, lift_min, *buf)
         outs.append([b[:m].copy() for b in buf])
         cap *= 2  # fewer, larger rounds when candidates are many
-    s, d, c, a = (np.concatenate([o[i] for o in outs]) for i in range(4))
-    return s, d, c, a, n_src, n_dst
+    s, d, c, att = (np.concatenate([o[i] for o in outs]) for i in range(4))
+    return s, d, c, att, n_src, n_dst
 
 
 def _pair_counts_sparse(acts: sp.csr_matrix, src, dst, token_ids, Lc, cfg: FSAConfig):
@@ -416,8 +436,10 @@ def _pair_counts_dense(acts: np.ndarray, src, dst, token_ids, Lc, cfg: FSAConfig
 
 def _mech(src, dst, L: np.ndarray, ids: np.ndarray, w: np.ndarray, block: int = 1 << 16) -> np.ndarray:
     """``sum_j w[dst, j] z[src, ids[dst, j]]`` with ``z`` the logit effects standardised per row."""
-    mu = L.mean(1, dtype=np.float64)
-    sd = L.std(1, dtype=np.float64)
+    mu, sd = np.empty(L.shape[0]), np.empty(L.shape[0])
+    for i0, i1 in _row_blocks(*L.shape):
+        blk = L[i0:i1].astype(np.float64)
+        mu[i0:i1], sd[i0:i1] = blk.mean(1), blk.std(1)
     sd = np.where(sd > 0, sd, np.inf)  # a unit without logit effects has z = 0
     out = np.zeros(len(src))
     for i0 in range(0, len(src), block):
@@ -428,47 +450,80 @@ def _mech(src, dst, L: np.ndarray, ids: np.ndarray, w: np.ndarray, block: int = 
     return out
 
 
-def edge_stats(acts, token_ids, next_ok, logit_eff, cfg: FSAConfig = FSAConfig(), *, shuffle_seed: int | None = None,
-               token_class: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[pd.DataFrame, int]:
-    """All candidate pairs X -> Y with their weights: ``(DataFrame[EDGE_COLUMNS], N pairs)``.
+@dataclass
+class _Prepared:
+    """Checked inputs and what every statistic reuses (the real and the shuffled pass share it)."""
 
-    ``shuffle_seed`` computes the null: the same statistics over consecutive positions of a seeded
-    permutation of the tokens. ``token_class`` passes ``token_classes(...)[:2]`` to skip recomputing it.
-    """
+    acts: object  # csr (canonical) or ndarray [n_tokens, n]
+    token_ids: np.ndarray
+    next_ok: np.ndarray
+    L: np.ndarray  # [n, vocab]
+    Lc: np.ndarray  # float32 [n, vocab], centred over the vocabulary
+    ids: np.ndarray  # token classes [n, top_m]
+    w: np.ndarray
+    active: sp.csr_matrix | None = None  # entries above the threshold, float32
+    active_t: sp.csr_matrix | None = None  # its transpose [n, n_tokens], sorted
+
+
+def _prepare(acts, token_ids, next_ok, logit_eff, cfg: FSAConfig, token_class=None) -> _Prepared:
     acts, token_ids, next_ok, L = _check_inputs(acts, token_ids, next_ok, logit_eff)
     if token_class is None:
         token_class = token_classes(acts, token_ids, L.shape[1], cfg.top_m, cfg.active_threshold)[:2]
-    ids, w = token_class
-    src, dst = _pairs(next_ok, shuffle_seed)
-    Lc = _centred(L)
-    if not sp.issparse(acts):
-        engine = _pair_counts_dense
-    elif cfg.engine == "scipy" or (cfg.engine == "auto" and not HAVE_NUMBA):
-        engine = _pair_counts_sparse
+    prep = _Prepared(acts, token_ids, next_ok, L, _centred(L), *token_class)
+    if sp.issparse(acts) and _engine(cfg) == "numba":
+        prep.active = _active_csr(acts, cfg.active_threshold)
+        prep.active_t = prep.active.T.tocsr()
+        prep.active_t.sort_indices()
+    return prep
+
+
+def _engine(cfg: FSAConfig) -> str:
+    return "scipy" if cfg.engine == "scipy" or (cfg.engine == "auto" and not HAVE_NUMBA) else "numba"
+
+
+def _edge_table(prep: _Prepared, cfg: FSAConfig, shuffle_seed: int | None) -> tuple[pd.DataFrame, int]:
+    src, dst = _pairs(prep.next_ok, shuffle_seed)
+    if not sp.issparse(prep.acts):
+        out = _pair_counts_dense(prep.acts, src, dst, prep.token_ids, prep.Lc, cfg)
+    elif _engine(cfg) == "scipy":
+        out = _pair_counts_sparse(prep.acts, src, dst, prep.token_ids, prep.Lc, cfg)
     else:
-        engine = _pair_counts_numba
-    s, d, c, att, n_src, n_dst = engine(acts, src, dst, token_ids, Lc, cfg)
+        out = _pair_counts_numba(prep, src, dst, cfg)
+    s, d, c, att, n_src, n_dst = out
     order = np.lexsort((d, s))
     s, d, c, att = s[order], d[order], c[order], att[order]
     N = len(src)
     ns, nd = n_src[s].astype(np.float64), n_dst[d].astype(np.float64)
     lift = c * float(N) / (ns * nd)
+    # log P(C >= c) for C ~ Poisson(expected); far tails underflow to -inf, floored at 1e-300
+    log10_p = np.maximum(poisson.logsf(c - 1, ns * nd / N), -300 * np.log(10)) / np.log(10)
     df = pd.DataFrame({"src": s, "dst": d, "count": c, "n_src": n_src[s], "n_dst": n_dst[d], "lift": lift,
-                       "pmi": np.log(lift), "cond_prob": c / ns, "mech": _mech(s, d, L, ids, w),
-                       "attribution": att, "attribution_mean": att / c})
-    df["kept"] = ((df["pmi"] >= cfg.min_pmi) & (df["mech"] >= cfg.min_mech)
-                  & (df["attribution_mean"] > cfg.min_attribution))
+                       "pmi": np.log(lift), "cond_prob": c / ns, "log10_p": log10_p,
+                       "mech": _mech(s, d, prep.L, prep.ids, prep.w), "attribution": att, "attribution_mean": att / c})
+    n = prep.L.shape[0]
+    df["kept"] = ((df["pmi"] >= cfg.min_pmi) & (df["log10_p"] <= np.log10(cfg.alpha / (n * n)))
+                  & (df["mech"] >= cfg.min_mech) & (df["attribution_mean"] > cfg.min_attribution))
     return df, N
+
+
+def edge_stats(acts, token_ids, next_ok, logit_eff, cfg: FSAConfig = FSAConfig(), *, shuffle_seed: int | None = None,
+               token_class: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[pd.DataFrame, int]:
+    """All candidate pairs X -> Y with their weights: ``(DataFrame[EDGE_COLUMNS], N pairs)``, sorted by (src, dst).
+
+    ``shuffle_seed`` computes the null: the same statistics over consecutive positions of a seeded
+    permutation of the tokens. ``token_class`` passes ``token_classes(...)[:2]`` to skip recomputing it.
+    """
+    return _edge_table(_prepare(acts, token_ids, next_ok, logit_eff, cfg, token_class), cfg, shuffle_seed)
 
 
 def null_summary(edges: pd.DataFrame, null_edges: pd.DataFrame) -> pd.DataFrame:
     """Quantiles of each weight over the candidate pairs, real and shuffled, plus candidate and kept counts.
 
-    Rows: ``pmi, mech, attribution_mean``; columns ``q0.5 ... q1`` and ``null_q0.5 ... null_q1``;
+    Rows: ``pmi, log10_p, mech, attribution_mean``; columns ``q0.5 ... q1`` and ``null_q0.5 ... null_q1``;
     ``n_candidates`` / ``n_kept`` (and ``null_`` versions) repeated on each row.
     """
     rows = []
-    for stat in ("pmi", "mech", "attribution_mean"):
+    for stat in ("pmi", "log10_p", "mech", "attribution_mean"):
         row = {"stat": stat}
         for name, df in (("", edges), ("null_", null_edges)):
             x = df[stat].to_numpy()
@@ -490,11 +545,13 @@ def build_graph(acts, token_ids, next_ok, logit_eff, cfg: FSAConfig = FSAConfig(
     acts, token_ids, next_ok, L = _check_inputs(acts, token_ids, next_ok, logit_eff)
     decode = decode or _default_decode
     ids, w, purity, n_active = token_classes(acts, token_ids, L.shape[1], cfg.top_m, cfg.active_threshold)
-    edges, N = edge_stats(acts, token_ids, next_ok, L, cfg, token_class=(ids, w))
+    prep = _prepare(acts, token_ids, next_ok, L, cfg, (ids, w))
+    edges, N = _edge_table(prep, cfg, None)
     null_edges = summ = None
     if null:
-        null_edges, _ = edge_stats(acts, token_ids, next_ok, L, cfg, shuffle_seed=cfg.null_seed, token_class=(ids, w))
+        null_edges, _ = _edge_table(prep, cfg, cfg.null_seed)
         summ = null_summary(edges, null_edges)
+    del prep
     prom = promoted_tokens(L, cfg.top_m)
     n = acts.shape[1]
     nodes = pd.DataFrame({"unit": np.arange(n), "n_active": n_active, "density": n_active / max(1, len(token_ids)),
@@ -514,7 +571,7 @@ def build_graph(acts, token_ids, next_ok, logit_eff, cfg: FSAConfig = FSAConfig(
                    n_active=int(n_active[u]), purity=float(purity[u]))
     for r in kept.itertuples(index=False):
         G.add_edge(int(r.src), int(r.dst), count=int(r.count), lift=float(r.lift), pmi=float(r.pmi),
-                   cond_prob=float(r.cond_prob), mech=float(r.mech), attribution=float(r.attribution),
+                   cond_prob=float(r.cond_prob), log10_p=float(r.log10_p), mech=float(r.mech), attribution=float(r.attribution),
                    attribution_mean=float(r.attribution_mean), weight=float(getattr(r, cfg.weight)))
     return FSAGraph(edges=edges, graph=G, nodes=nodes, token_class=ids, token_weight=w, n_pairs=N, config=cfg,
                     null_edges=null_edges, null_summary=summ, decode=decode)
