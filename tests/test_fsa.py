@@ -1,5 +1,6 @@
 """FSA-like feature graphs: hand-computed weights, a planted tag automaton, the null, seeds, prediction."""
 
+import dataclasses
 import math
 
 import numpy as np
@@ -192,19 +193,27 @@ def test_planted_automaton_is_the_top_automaton(planted_data, planted_graph):
 
 
 def test_planted_cycles_and_chains():
-    # a chain a -> b -> c -> d added to the planted data as four features with its own tokens
     acts, toks, ok, L = planted(30_000, seed=3)
     fg = fsa.build_graph(acts, toks, ok, L, fsa.FSAConfig(max_cycle_len=6), null=False)
     auto = fsa.find_automata(fg)
-    cyc = auto[auto["kind"] == "cycle"]
-    assert len(cyc) == 0  # the planted SCC is one cycle and is reported once, as an SCC
-    # break the cycle (drop ">" -> text): what is left is one chain of six states
+    assert (auto["kind"] == "cycle").sum() == 0  # the planted SCC is one cycle, reported once, as an SCC
     G = fg.graph
-    G.remove_edge(4, 5)
-    auto2 = fsa.find_automata(fg)
-    chains = auto2[auto2["kind"] == "chain"]
+    # a shortcut "=" -> "<" makes a second cycle: the SCC now holds both, listed as cycles too
+    G.add_edge(2, 0, **G.edges[5, 0])
+    auto = fsa.find_automata(fg)
+    assert auto.iloc[0]["kind"] == "scc" and auto.iloc[0]["n_edges"] == 7
+    assert sorted(map(tuple, auto.loc[auto["kind"] == "cycle", "states"])) == [(0, 1, 2), (0, 1, 2, 3, 4, 5)]
+    bounded = dataclasses.replace(fg, config=fsa.FSAConfig(max_cycle_len=5))
+    assert fsa.find_automata(bounded)["n_states"].tolist() == [6, 3]  # the bound leaves out the 6-cycle
+    # break both cycles (drop ">" -> text and the shortcut): one chain of six states is left
+    G.remove_edges_from([(4, 5), (2, 0)])
+    auto = fsa.find_automata(fg)
+    chains = auto[auto["kind"] == "chain"]
     assert len(chains) == 1 and chains.iloc[0]["states"] == [5, 0, 1, 2, 3, 4]
-    assert (auto2["kind"] == "scc").sum() == 0
+    assert (auto["kind"] == "scc").sum() == 0
+    # chains need three states: with only "<" -> name left there is no automaton
+    G.remove_edges_from([(5, 0), (1, 2), (2, 3), (3, 4)])
+    assert len(fsa.find_automata(fg)) == 0
 
 
 def test_null_gives_near_zero_edges(planted_data, planted_graph):
@@ -301,7 +310,8 @@ def test_engines_agree(planted_data):
     ok_sub = ok[:20_000].copy()
     ok_sub[-1] = False
     cfg = dict(min_count=3, candidate_pmi=None)
-    frames = [fsa.edge_stats(sub, toks[:20_000], ok_sub, L, fsa.FSAConfig(engine=e, **cfg))[0] for e in ("numba", "scipy")]
+    frames = [fsa.edge_stats(sub, toks[:20_000], ok_sub, L, fsa.FSAConfig(engine=e, **cfg))[0]
+              for e in ("numba", "scipy")]
     frames.append(fsa.edge_stats(sub.toarray(), toks[:20_000], ok_sub, L, fsa.FSAConfig(**cfg))[0])
     for f in frames[1:]:
         assert f[["src", "dst", "count", "n_src", "n_dst"]].equals(frames[0][["src", "dst", "count", "n_src", "n_dst"]])

@@ -36,15 +36,20 @@ Edge weights of X -> Y (candidate pairs: ``count >= min_count`` and ``pmi > cand
 
 An edge is *kept* when ``count >= min_count``, ``pmi >= min_pmi``, ``log10_p <= log10(alpha / n^2)``
 (Bonferroni over all ordered pairs), ``mech >= min_mech`` and ``attribution_mean > min_attribution``:
-it must be frequent beyond chance and carried by the direct path. The null (:func:`build_graph` with ``null=True``) recomputes every statistic after a
-seeded shuffle of the token order (activations and token ids permuted together, so per-unit
-densities and token classes are unchanged and only the order is lost); its quantiles and its
-number of kept edges are what the default thresholds are judged by.
+it must be frequent beyond chance and carried by the direct path. The null (:func:`build_graph` with
+``null=True``) recomputes every statistic after a seeded shuffle of the token order (activations and
+token ids permuted together, so per-unit densities and token classes are unchanged and only the
+order is lost); its quantiles and its number of kept edges are what the default thresholds are judged by.
 
-Nothing of size ``n x n`` is formed for sparse inputs: the co-occurrence counts are sparse products
-of the shifted activation patterns, chunked over source units so each chunk's output stays bounded,
-and only the candidate pairs survive a chunk. Dense inputs (neurons, ``n <= 4096``) accumulate
-``[n, n]`` counts from token blocks.
+Nothing of size ``n x n`` is formed for sparse inputs. The default engine (numba) walks each source
+unit's active positions once, counting the units active at the paired next position in a dense
+length-n accumulator and emitting only the candidates; the scipy engine (no numba) takes sparse
+products of the shifted activation patterns, chunked over source units so each chunk's output stays
+bounded. Dense inputs (neurons, ``n <= 4096``) accumulate ``[n, n]`` counts from token blocks.
+
+Thresholds (defaults in :class:`FSAConfig`): on the planted tests and the synthetic benchmark the
+shuffled null keeps no edge at the defaults, and its 99.9% pmi quantile lies below ``min_pmi``;
+``null_summary`` reports those figures for any run so the defaults can be checked on real data.
 """
 
 from __future__ import annotations
@@ -129,7 +134,8 @@ class FSAGraph:
       ``promoted``, ``n_active``, ``purity``; edges carry the weight columns and ``weight``.
     - ``nodes``: one row per unit: ``unit, n_active, density, purity, top_tokens, promoted, label``.
     - ``token_class``: ``[n, top_m]`` token ids (-1 pads) and ``token_weight: [n, top_m]``.
-    - ``null_edges`` / ``null_summary``: the shuffled-order statistics (None without a null).
+    - ``null_edges``: the pairs the shuffled order keeps (false positives at these thresholds);
+      ``null_summary``: quantiles over all of its candidates (:func:`null_summary`). None without a null.
     """
 
     edges: pd.DataFrame
@@ -154,7 +160,8 @@ def _check_inputs(acts, token_ids, next_ok, logit_eff):
     next_ok = np.asarray(next_ok, dtype=bool).reshape(-1)
     L = np.asarray(logit_eff.detach().cpu().numpy() if hasattr(logit_eff, "detach") else logit_eff)
     if token_ids.size != n_tok or next_ok.size != n_tok:
-        raise ValueError(f"token_ids and next_ok need n_tokens={n_tok} entries, got {token_ids.size} and {next_ok.size}")
+        raise ValueError(f"token_ids and next_ok need n_tokens={n_tok} entries, "
+                         f"got {token_ids.size} and {next_ok.size}")
     if L.ndim != 2 or L.shape[0] != n:
         raise ValueError(f"logit_eff must be [n={n}, vocab], got shape {L.shape}")
     if n_tok and (token_ids.min() < 0 or token_ids.max() >= L.shape[1]):
@@ -357,7 +364,7 @@ def _pair_counts_numba(prep: "_Prepared", src, dst, cfg: FSAConfig):
         x, m = _nb_pairs(x, AT.indptr, AT.indices, AT.data, a.indptr, a.indices, next_of, prep.token_ids, prep.Lc,
                          n_src, n_dst, len(src), cfg.min_count, lift_min, *buf)
         outs.append([b[:m].copy() for b in buf])
-        cap *= 2  # fewer, larger rounds when candidates are many
+        cap = min(2 * cap, max(cap, 1 << 23))  # fewer, larger rounds when candidates are many
     s, d, c, att = (np.concatenate([o[i] for o in outs]) for i in range(4))
     return s, d, c, att, n_src, n_dst
 
@@ -549,8 +556,10 @@ def build_graph(acts, token_ids, next_ok, logit_eff, cfg: FSAConfig = FSAConfig(
     edges, N = _edge_table(prep, cfg, None)
     null_edges = summ = None
     if null:
-        null_edges, _ = _edge_table(prep, cfg, cfg.null_seed)
-        summ = null_summary(edges, null_edges)
+        null_all, _ = _edge_table(prep, cfg, cfg.null_seed)
+        summ = null_summary(edges, null_all)
+        null_edges = null_all[null_all["kept"]].reset_index(drop=True)  # the summary holds the rest
+        del null_all
     del prep
     prom = promoted_tokens(L, cfg.top_m)
     n = acts.shape[1]
@@ -571,7 +580,8 @@ def build_graph(acts, token_ids, next_ok, logit_eff, cfg: FSAConfig = FSAConfig(
                    n_active=int(n_active[u]), purity=float(purity[u]))
     for r in kept.itertuples(index=False):
         G.add_edge(int(r.src), int(r.dst), count=int(r.count), lift=float(r.lift), pmi=float(r.pmi),
-                   cond_prob=float(r.cond_prob), log10_p=float(r.log10_p), mech=float(r.mech), attribution=float(r.attribution),
+                   cond_prob=float(r.cond_prob), log10_p=float(r.log10_p), mech=float(r.mech),
+                   attribution=float(r.attribution),
                    attribution_mean=float(r.attribution_mean), weight=float(getattr(r, cfg.weight)))
     return FSAGraph(edges=edges, graph=G, nodes=nodes, token_class=ids, token_weight=w, n_pairs=N, config=cfg,
                     null_edges=null_edges, null_summary=summ, decode=decode)
@@ -650,7 +660,8 @@ def transition_table(fg: FSAGraph, automaton) -> pd.DataFrame:
         rows.append({"state": int(x), "state_label": G.nodes[x]["label"], "input_ids": cls,
                      "input_weights": [float(v) for v in fg.token_weight[y][has]],
                      "input_tokens": _show(fg.decode(cls)), "next_state": int(y), "next_label": G.nodes[y]["label"],
-                     "count": e["count"], "pmi": e["pmi"], "mech": e["mech"], "attribution_mean": e["attribution_mean"]})
+                     "count": e["count"], "pmi": e["pmi"], "mech": e["mech"],
+                     "attribution_mean": e["attribution_mean"]})
     return pd.DataFrame(rows)
 
 
