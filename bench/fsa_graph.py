@@ -110,13 +110,15 @@ def main(argv=None) -> int:
     cfg = fsa.FSAConfig()
     st: dict = {}
     cls = _stage("token_classes", lambda: fsa.token_classes(acts, toks, L.shape[1], cfg.top_m), st)
-    edges, N = _stage("edges", lambda: fsa.edge_stats(acts, toks, ok, L, cfg, token_class=cls[:2]), st)
-    _stage("null_edges", lambda: fsa.edge_stats(acts, toks, ok, L, cfg, shuffle_seed=0, token_class=cls[:2]), st)
+    # each stage's result is dropped before the next, so "before" counts the inputs only
+    _stage("edges", lambda: fsa.edge_stats(acts, toks, ok, L, cfg, token_class=cls[:2])[1], st)
+    _stage("null_edges", lambda: fsa.edge_stats(acts, toks, ok, L, cfg, shuffle_seed=0, token_class=cls[:2])[1], st)
+    del cls
     fg = _stage("build_graph", lambda: fsa.build_graph(acts, toks, ok, L, cfg), st)
     auto = _stage("find_automata", lambda: fsa.find_automata(fg), st)
     found = any(sorted(s) == [0, 1, 2, 3, 4] for s in auto["states"])
     res = {"n_features": args.n, "n_tokens": n_tokens, "nnz": int(acts.nnz), "l0": acts.nnz / n_tokens,
-           "n_pairs": N, "n_candidates": int(len(fg.edges)), "n_kept": int(fg.edges["kept"].sum()),
+           "n_pairs": fg.n_pairs, "n_candidates": int(len(fg.edges)), "n_kept": int(fg.edges["kept"].sum()),
            "null_kept": int(fg.null_edges["kept"].sum()), "n_automata": int(len(auto)),
            "planted_cycle_found": bool(found), "stages": st,
            "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),

@@ -222,7 +222,7 @@ def test_null_gives_near_zero_edges(planted_data, planted_graph):
     ns = fg.null_summary
     # on the real order the planted edges pass; with the order shuffled, nothing does
     assert ns.loc["pmi", "n_kept"] >= 6 and ns.loc["pmi", "null_n_kept"] == 0
-    # the null's candidates (pmi > 0) have their 99.9% quantile below the default threshold (1) ...
+    # the null's candidates (pmi > 0.5) have their 99.9% quantile below the default threshold (1) ...
     assert 0 < ns.loc["pmi", "null_q0.999"] < fsa.FSAConfig().min_pmi
     # ... and without the candidate floor the null's pmi centres on 0
     null_all, _ = fsa.edge_stats(acts, toks, ok, L, fsa.FSAConfig(candidate_pmi=None), shuffle_seed=0)
@@ -291,8 +291,11 @@ def test_predictive_check_beats_frequency_only_on_structure(planted_data):
     ok_fit = ok[:cut].copy()
     ok_fit[-1] = False
     fg = fsa.build_graph(acts[:cut], toks[:cut], ok_fit, L, null=False)  # the graph sees the fit part only
-    top = fsa.find_automata(fg).iloc[0]
+    auto = fsa.find_automata(fg)
+    top = auto.iloc[0]
     res = fsa.predictive_check(acts, ok, top["states"], top["edges"], fit_frac=0.8)
+    tab = fsa.predictive_table(acts, ok, auto)
+    assert tab.iloc[0]["accuracy"] == res["accuracy"] and tab.iloc[0]["gain"] > 0.4
     assert res["n_test"] > 1000
     assert res["accuracy"] > 0.85 and res["accuracy"] > res["baseline_accuracy"] + 0.4
     # the edges are the claim: the same states with every edge reversed predict worse than frequency
@@ -317,9 +320,13 @@ def test_engines_agree(planted_data):
         assert f[["src", "dst", "count", "n_src", "n_dst"]].equals(frames[0][["src", "dst", "count", "n_src", "n_dst"]])
         np.testing.assert_allclose(f["attribution"], frames[0]["attribution"], rtol=1e-4, atol=1e-3)
         np.testing.assert_allclose(f["mech"], frames[0]["mech"], rtol=1e-6)
-    # the chance-level prefilter drops exactly the pairs at or below pmi 0
-    pre = fsa.edge_stats(sub, toks[:20_000], ok_sub, L, fsa.FSAConfig(min_count=3))[0]
-    assert pre[["src", "dst"]].equals(frames[0].loc[frames[0]["pmi"] > 0, ["src", "dst"]].reset_index(drop=True))
+    # the candidate floor drops exactly the pairs at or below its pmi, in every engine
+    for engine in ("numba", "scipy"):
+        pre = fsa.edge_stats(sub, toks[:20_000], ok_sub, L, fsa.FSAConfig(min_count=3, engine=engine))[0]
+        floor = frames[0]["pmi"] > fsa.FSAConfig().candidate_pmi
+        assert pre[["src", "dst"]].equals(frames[0].loc[floor, ["src", "dst"]].reset_index(drop=True))
+    dense = fsa.edge_stats(sub.toarray(), toks[:20_000], ok_sub, L, fsa.FSAConfig(min_count=3))[0]
+    assert dense[["src", "dst"]].equals(pre[["src", "dst"]])
     # and chunking the sparse products changes nothing
     small = fsa.edge_stats(sub, toks[:20_000], ok_sub, L, fsa.FSAConfig(engine="scipy", work_per_chunk=500, **cfg))[0]
     assert small[["src", "dst", "count"]].equals(frames[1][["src", "dst", "count"]])

@@ -82,9 +82,10 @@ class FSAConfig:
     """Thresholds and bounds of the automaton search (defaults: see the module docstring)."""
 
     min_count: int = 5  # co-occurrences of (X at t, Y at t+1) for a candidate pair
-    # candidates also need pmi above this: pairs at or below chance are dropped inside the product
-    # loop, which keeps the candidate list (and the memory) small at large n; None keeps them all
-    candidate_pmi: float | None = 0.0
+    # candidates also need pmi above this (lift > 1.65): pairs near chance are dropped inside the pair
+    # loop, so the candidate list stays small at large n and long token streams (at 16,384 x 1M
+    # synthetic tokens a floor of 0 keeps 10.6M pairs); None keeps every pair with min_count
+    candidate_pmi: float | None = 0.5
     min_pmi: float = 1.0  # ln lift: Y follows X at least e times more often than by chance
     min_mech: float = 2.0  # X raises Y's tokens by two standard deviations of its logit effects or more
     min_attribution: float = 0.0  # mean attribution per co-occurrence must be positive
@@ -811,3 +812,20 @@ def predictive_check(acts, next_ok, states, edges, fit_frac: float = 0.8, active
     base_acc = float(nxt_test[:, base].mean()) if len(test) else float("nan")
     return {"accuracy": acc, "baseline_accuracy": base_acc, "n_fit": int(len(fit)), "n_test": int(len(test)),
             "cut": cut}
+
+
+def predictive_table(acts, next_ok, automata: pd.DataFrame, fit_frac: float = 0.8, active_threshold: float = 0.0,
+                     max_automata: int = 50) -> pd.DataFrame:
+    """:func:`predictive_check` for the first ``max_automata`` rows of :func:`find_automata`.
+
+    Columns: ``automaton, kind, n_states, accuracy, baseline_accuracy, gain (accuracy - baseline),
+    n_fit, n_test``.
+    """
+    rows = []
+    for r in automata.head(max_automata).itertuples(index=False):
+        res = predictive_check(acts, next_ok, r.states, r.edges, fit_frac, active_threshold)
+        rows.append({"automaton": int(r.automaton), "kind": r.kind, "n_states": int(r.n_states),
+                     "accuracy": res["accuracy"], "baseline_accuracy": res["baseline_accuracy"],
+                     "gain": res["accuracy"] - res["baseline_accuracy"], "n_fit": res["n_fit"], "n_test": res["n_test"]})
+    return pd.DataFrame(rows, columns=["automaton", "kind", "n_states", "accuracy", "baseline_accuracy", "gain", "n_fit",
+                                       "n_test"])
