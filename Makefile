@@ -1,12 +1,13 @@
-# The two commands of the README. Each installs what it needs first (scripts/setup.sh).
-PY ?= python3
+# The two commands of the README. Each first prepares the project's Python (scripts/setup.sh):
+# a virtual environment in .venv/ by default, or the interpreter named by SPLITKIT_PYTHON.
+PYTHON ?= python3
 
 .PHONY: run test setup
 setup:
-	@PYTHON=$(PY) bash scripts/setup.sh
+	@PYTHON=$(PYTHON) bash scripts/setup.sh >/dev/null
 
-run: setup
-	$(PY) -m studies.universality
+run:
+	@py=$$(PYTHON=$(PYTHON) bash scripts/setup.sh) && set -x && $$py -m studies.universality $(ARGS)
 
-test: setup
-	$(PY) -m pytest -q
+test:
+	@py=$$(PYTHON=$(PYTHON) bash scripts/setup.sh) && set -x && $$py -m pytest -q $(ARGS)

@@ -145,20 +145,47 @@ def write_manifest(folder: Path) -> dict:
             rel = p.relative_to(folder).as_posix()
             st = p.stat()
             files[rel] = {"size": st.st_size, "sha256": sha256_file(p)}
-            stamp.append([rel, st.st_size, st.st_mtime_ns])
+            stamp.append([rel, *_identity(st)])
     manifest = {"files": files}
     atomic_write_json(folder / MANIFEST, manifest)
     atomic_write_json(folder / VERIFIED_STAMP, stamp)  # just hashed: no need to hash again
     return manifest
 
 
-# Checksums already verified in this process, keyed by every file's size and mtime, so a second
-# get_X() in one run does not re-hash gigabytes, while any rewrite of a file forces a fresh check.
+# Checksums already verified in this process, keyed by every file's identity, so a second get_X()
+# in one run does not re-hash gigabytes, while any rewrite of a file forces a fresh check.
 _VERIFIED: set[tuple] = set()
-# Across processes: the size and mtime of every file when its checksums last matched. A warm run
-# then hashes nothing (the activation stores alone are ~16 GB at the default preset); a file that
-# was rewritten, truncated or replaced since has another mtime or size and is hashed again.
+# Across processes: every file's identity when its checksums last matched. A warm run then hashes
+# nothing (the activation stores are gigabytes); a file rewritten, truncated or replaced since is
+# hashed again. The identity holds what a user cannot reset casually as well as size and mtime:
+# the inode and the ctime (``touch -d`` restores an mtime but moves the ctime).
 VERIFIED_STAMP = ".verified.json"
+# ``--verify`` of the studies: hash every file whatever the stamps say.
+FORCE_VERIFY = False
+
+
+def _identity(st: os.stat_result) -> tuple[int, int, int, int]:
+    return (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
+
+
+def _listed_files(folder: Path) -> set[str]:
+    return {p.relative_to(folder).as_posix() for p in folder.rglob("*")
+            if p.is_file() and p.name not in (MANIFEST, VERIFIED_STAMP) and not p.name.endswith(".tmp")}
+
+
+def _read_manifest(mpath: Path) -> dict:
+    """The manifest's ``files`` mapping, or CacheError when it is not the shape write_manifest writes."""
+    try:
+        manifest = json.loads(mpath.read_text())
+    except (OSError, ValueError) as e:
+        raise CacheError(f"{mpath}: unreadable manifest ({e})") from None
+    files = manifest.get("files") if isinstance(manifest, dict) else None
+    if not isinstance(files, dict) or not files:
+        raise CacheError(f"{mpath}: manifest lists no files (expected {{'files': {{name: {{size, sha256}}}}}})")
+    for rel, meta in files.items():
+        if not (isinstance(meta, dict) and isinstance(meta.get("size"), int) and isinstance(meta.get("sha256"), str)):
+            raise CacheError(f"{mpath}: bad entry for {rel!r} (expected size and sha256)")
+    return manifest
 
 
 def check_manifest(folder: Path, verify: bool = True) -> dict:
@@ -167,11 +194,11 @@ def check_manifest(folder: Path, verify: bool = True) -> dict:
     mpath = folder / MANIFEST
     if not mpath.is_file():
         raise CacheError(f"{folder}: no manifest (absent or interrupted build)")
-    try:
-        manifest = json.loads(mpath.read_text())
-        files = manifest["files"]
-    except (ValueError, KeyError) as e:
-        raise CacheError(f"{mpath}: unreadable manifest ({e})") from None
+    manifest = _read_manifest(mpath)
+    files = manifest["files"]
+    unlisted = sorted(_listed_files(folder) - set(files))
+    if unlisted:  # a manifest that does not cover the folder vouches for nothing in it
+        raise CacheError(f"{folder}: file {unlisted[0]!r} is not in the manifest")
     stamp = []
     for rel, meta in files.items():
         p = folder / rel
@@ -180,14 +207,14 @@ def check_manifest(folder: Path, verify: bool = True) -> dict:
         st = p.stat()
         if st.st_size != meta["size"]:
             raise CacheError(f"{p}: size {st.st_size} != {meta['size']} in manifest")
-        stamp.append((rel, st.st_size, st.st_mtime_ns))
+        stamp.append((rel, *_identity(st)))
     memo = (str(folder.resolve()), tuple(stamp))
-    if verify and memo not in _VERIFIED:
+    if verify and (FORCE_VERIFY or memo not in _VERIFIED):
         try:
             stamped = [tuple(x) for x in json.loads((folder / VERIFIED_STAMP).read_text())]
         except (OSError, ValueError, TypeError):
             stamped = None
-        if stamped != sorted(stamp):
+        if FORCE_VERIFY or stamped != sorted(stamp):
             for rel, meta in files.items():
                 if sha256_file(folder / rel) != meta["sha256"]:
                     raise CacheError(f"{folder / rel}: checksum mismatch (corrupt file)")
@@ -209,3 +236,107 @@ class Cache:
         spec = {"stage": stage, "version": version, "config": config, "inputs": dict(inputs or {})}
         key = stable_hash(spec)
         return Artifact(stage=stage, key=key, path=self.root / stage / key, spec=spec)
+
+
+# --- python -m splitkit.cache info | prune ---------------------------------------------------------
+
+def _folder_bytes(folder: Path) -> int:
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file() and not p.is_symlink())
+
+
+def _what(spec: dict) -> str:
+    """A short line of what made an artifact: its config's leaf values that identify it most."""
+    flat = {}
+
+    def walk(prefix: str, obj: Any) -> None:
+        if isinstance(obj, dict):
+            for k, v in obj.items():
+                walk(f"{prefix}.{k}" if prefix else k, v)
+        else:
+            flat[prefix] = obj
+
+    walk("", spec.get("config", {}))
+    keep = [k for k in flat if k.rsplit(".", 1)[-1] in ("seed", "n_tokens", "sizes", "recipe", "split", "path", "n", "size")]
+    return ", ".join(f"{k}={flat[k]}" for k in keep)[:120]
+
+
+def inventory(root: str | os.PathLike) -> list[dict]:
+    """One row per artifact folder under ``root``: stage, key, state (complete / partial / broken), bytes, what."""
+    rows = []
+    root = Path(root)
+    for stage_dir in sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []:
+        for folder in sorted(p for p in stage_dir.iterdir() if p.is_dir()):
+            if folder.name.endswith(".partial"):
+                state = "partial"
+            else:
+                try:
+                    check_manifest(folder, verify=False)
+                    state = "complete"
+                except CacheError:
+                    state = "broken"
+            try:
+                spec = json.loads((folder / "spec.json").read_text())
+            except (OSError, ValueError):
+                spec = {}
+            rows.append({"stage": stage_dir.name, "key": folder.name, "state": state,
+                         "bytes": _folder_bytes(folder), "what": _what(spec) if isinstance(spec, dict) else ""})
+    return rows
+
+
+def _human(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if n < 1024 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TB"
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+    import sys
+
+    p = argparse.ArgumentParser(prog="python -m splitkit.cache",
+                                description="See what the pipeline cache holds and reclaim its space.")
+    p.add_argument("--cache", default=".cache", help="cache folder (default .cache)")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    sub.add_parser("info", help="each stage's artifacts: state, size and what made them")
+    pr = sub.add_parser("prune", help="delete artifacts: a named stage, partial builds, or broken ones")
+    pr.add_argument("--stage", action="append", default=[], help="delete every artifact of this stage (repeatable)")
+    pr.add_argument("--partial", action="store_true", help="delete interrupted builds (*.partial; their resume checkpoints go too)")
+    pr.add_argument("--broken", action="store_true", help="delete folders whose manifest is missing or does not match")
+    pr.add_argument("--dry-run", action="store_true", help="only list what would be deleted")
+    args = p.parse_args(argv)
+    rows = inventory(args.cache)
+    if args.cmd == "info":
+        if not rows:
+            print(f"{args.cache}: empty")
+            return 0
+        by_stage: dict[str, list[dict]] = {}
+        for r in rows:
+            by_stage.setdefault(r["stage"], []).append(r)
+        for stage, rs in by_stage.items():
+            print(f"{stage}: {len(rs)} artifact(s), {_human(sum(r['bytes'] for r in rs))}")
+            for r in rs:
+                print(f"  {r['key']:<26} {r['state']:<8} {_human(r['bytes']):>9}  {r['what']}")
+        print(f"total {_human(sum(r['bytes'] for r in rows))} in {args.cache}")
+        return 0
+    if not (args.stage or args.partial or args.broken):
+        print("error: prune needs --stage NAME, --partial or --broken (see --help)", file=sys.stderr)
+        return 2
+    known = {r["stage"] for r in rows}
+    for s in args.stage:
+        if s not in known:
+            print(f"error: no stage {s!r} in {args.cache}; it has {sorted(known)}", file=sys.stderr)
+            return 2
+    doomed = [r for r in rows if r["stage"] in args.stage or (args.partial and r["state"] == "partial")
+              or (args.broken and r["state"] == "broken")]
+    for r in doomed:
+        print(f"{'would delete' if args.dry_run else 'deleting'} {r['stage']}/{r['key']} ({_human(r['bytes'])})")
+        if not args.dry_run:
+            shutil.rmtree(Path(args.cache) / r["stage"] / r["key"])
+    print(f"{'would free' if args.dry_run else 'freed'} {_human(sum(r['bytes'] for r in doomed))}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -116,18 +116,30 @@ def _read_jsonl(path: Path, column: str) -> list[Document]:
                 raise CorpusError(f"--corpus {path}: line {i + 1} is not valid JSON") from None
             if not isinstance(row, dict) or column not in row:
                 raise CorpusError(f"--corpus {path}: line {i + 1} has no {column!r} field (set --text-column)")
-            docs.append(Document(f"{path.name}:{i}", str(row[column])))
+            text = row[column]
+            if not isinstance(text, str):
+                raise CorpusError(f"--corpus {path}: line {i + 1}: {column!r} is {type(text).__name__}, not a string "
+                                  "(store the document's text as a JSON string, or set --text-column)")
+            docs.append(Document(f"{path.name}:{i}", text))
     return docs
 
 
 def _read_parquet(path: Path, column: str) -> list[Document]:
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
     try:
-        table = pq.read_table(path, columns=[column])
-    except Exception as e:  # pyarrow raises several types for missing columns / bad files
-        raise CorpusError(f"--corpus {path}: cannot read column {column!r} ({type(e).__name__}: {e})") from None
-    return [Document(f"{path.name}:{i}", str(t)) for i, t in enumerate(table.column(column).to_pylist()) if t]
+        schema = pq.read_schema(path)
+    except Exception as e:  # pyarrow raises several types for bad files; its messages run to many lines
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CorpusError(f"--corpus {path}: not a readable Parquet file ({first})") from None
+    if column not in schema.names:
+        raise CorpusError(f"--corpus {path}: no column {column!r}; it has {schema.names[:8]} (set --text-column)")
+    if not (pa.types.is_string(schema.field(column).type) or pa.types.is_large_string(schema.field(column).type)):
+        raise CorpusError(f"--corpus {path}: column {column!r} holds {schema.field(column).type}, not text "
+                          "(set --text-column to a string column)")
+    table = pq.read_table(path, columns=[column])
+    return [Document(f"{path.name}:{i}", t) for i, t in enumerate(table.column(column).to_pylist()) if t]
 
 
 def package_root(name: str) -> Path | None:

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import sys
 import time
 from pathlib import Path
 
@@ -81,9 +83,24 @@ def load_checkpoint(folder: Path, model: Transformer, opt: torch.optim.Optimizer
     folder = Path(folder)
     if not (folder / "checkpoint.json").is_file() or not (folder / "checkpoint.safetensors").is_file():
         return None
-    meta = json.loads((folder / "checkpoint.json").read_text())
-    tensors = load_file(folder / "checkpoint.safetensors")
-    model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+    try:
+        meta = json.loads((folder / "checkpoint.json").read_text())
+        tensors = load_file(folder / "checkpoint.safetensors")
+        state = {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}
+        want = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+        if {k: tuple(v.shape) for k, v in state.items()} != want:
+            raise ValueError("its weights do not fit this model's shapes")
+        if not isinstance(meta, dict) or not isinstance(meta.get("step"), int):
+            raise ValueError("checkpoint.json has no step")
+        model.load_state_dict(state)  # only once everything is known to fit: a failure leaves the init intact
+    except Exception as e:  # truncated or foreign files: training restarts rather than failing on every rerun
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        for f in ("checkpoint.safetensors", "checkpoint.json"):
+            if (folder / f).exists():
+                os.replace(folder / f, folder / f"{f}.unreadable")
+        print(f"[splitkit] {folder}: resume checkpoint unreadable ({reason[:160]}); set aside as *.unreadable, "
+              "training restarts from step 0", file=sys.stderr, flush=True)
+        return None
     if opt is not None:
         params = dict(model.named_parameters())
         for name, p in params.items():

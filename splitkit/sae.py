@@ -100,11 +100,30 @@ class SAEConfig:
         return strict_from_dict(cls, data)
 
 
+class SAEFormatError(ValueError):
+    """A dictionary folder that cannot be read as it claims to be; the message names the file."""
+
+
 def _read_json(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: expected a dictionary folder with {CFG_FILENAME}")
-    with open(path) as fh:
-        return json.load(fh)
+    try:
+        with open(path) as fh:
+            raw = json.load(fh)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise SAEFormatError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(raw, dict):
+        raise SAEFormatError(f"{path}: expected a JSON object of settings, got {type(raw).__name__}")
+    return raw
+
+
+def _load_weights(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        return load_file(str(path))
+    except FileNotFoundError:
+        raise SAEFormatError(f"{path} not found: the dictionary folder has no weights") from None
+    except Exception as e:  # safetensors raises its own error types for truncated or foreign files
+        raise SAEFormatError(f"{path}: unreadable safetensors file ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
 
 
 class SparseAutoencoder(nn.Module):
@@ -201,18 +220,21 @@ class SparseAutoencoder(nn.Module):
         raw.pop("format")
         if version != FORMAT_VERSION:
             raise ValueError(f"{path}: format_version {version} unsupported, this code reads {FORMAT_VERSION}")
-        cfg = SAEConfig.from_dict(raw)
-        return cls._from_tensors(cfg, load_file(str(path / WEIGHTS_FILENAME)), path, expect_d_in, device)
+        try:
+            cfg = SAEConfig.from_dict(raw)
+        except (TypeError, ValueError) as e:
+            raise SAEFormatError(f"{path / CFG_FILENAME}: {e}") from None
+        return cls._from_tensors(cfg, _load_weights(path / WEIGHTS_FILENAME), path, expect_d_in, device)
 
     @classmethod
     def _from_tensors(cls, cfg: SAEConfig, tensors: dict[str, torch.Tensor], path: Path,
                       expect_d_in: int | None, device: str | torch.device) -> "SparseAutoencoder":
         if expect_d_in is not None and cfg.d_in != expect_d_in:
-            raise ValueError(f"{path}: dictionary has d_in={cfg.d_in}, expected d_in={expect_d_in}")
+            raise SAEFormatError(f"{path}: dictionary has d_in={cfg.d_in}, expected d_in={expect_d_in} (an SAE of another width)")
         missing = [k for k in _PARAM_NAMES if k not in tensors]
         extra = sorted(set(tensors) - set(_PARAM_NAMES))
         if missing or extra:
-            raise ValueError(f"{path}: weights missing {missing}, unexpected {extra}; need {list(_PARAM_NAMES)}")
+            raise SAEFormatError(f"{path}: weights missing {missing}, unexpected {extra}; need {list(_PARAM_NAMES)}")
         sae = cls.__new__(cls)
         nn.Module.__init__(sae)
         sae.cfg = cfg
@@ -221,7 +243,7 @@ class SparseAutoencoder(nn.Module):
         for name in _PARAM_NAMES:
             t = tensors[name]
             if tuple(t.shape) != want[name]:
-                raise ValueError(f"{path}: {name} has shape {tuple(t.shape)}, expected {want[name]} from cfg")
+                raise SAEFormatError(f"{path}: {name} has shape {tuple(t.shape)}, expected {want[name]} from {CFG_FILENAME}")
             setattr(sae, name, nn.Parameter(t.to(device=device, dtype=torch.float32).contiguous()))
         return sae
 
@@ -275,10 +297,15 @@ class SparseAutoencoder(nn.Module):
         if raw.get("rescale_acts_by_decoder_norm", False):
             raise ValueError(f"{path}: rescale_acts_by_decoder_norm=True unsupported; fold decoder norms first")
         meta = raw.get("metadata") or {}
-        cfg = SAEConfig(d_in=int(raw["d_in"]), n_features=int(raw["d_sae"]), architecture=_FROM_SAELENS_ARCH[arch],
-                        k=int(k) if arch == "topk" and k is not None else None,
-                        seed=int(meta.get("splitkit_seed", 0)))
-        tensors = load_file(str(path / WEIGHTS_FILENAME))
+        missing = [f for f in ("d_in", "d_sae") if f not in raw] + (["k"] if arch == "topk" and k is None else [])
+        if missing:
+            raise SAEFormatError(f"{path / CFG_FILENAME}: SAELens config lacks {missing}")
+        try:
+            cfg = SAEConfig(d_in=int(raw["d_in"]), n_features=int(raw["d_sae"]), architecture=_FROM_SAELENS_ARCH[arch],
+                            k=int(k) if arch == "topk" else None, seed=int(meta.get("splitkit_seed", 0)))
+        except (TypeError, ValueError) as e:
+            raise SAEFormatError(f"{path / CFG_FILENAME}: {e}") from None
+        tensors = _load_weights(path / WEIGHTS_FILENAME)
         scale = tensors.pop("scaling_factor", None)
         if scale is not None and not torch.all(scale == 1):
             raise ValueError(f"{path}: a finetuning scaling_factor other than 1 is unsupported")

@@ -54,12 +54,27 @@ def config_from_args(args):
     if args.cache:
         over["cache_dir"] = args.cache
     cfg = cfg.with_overrides(**over)
-    if cfg.device.startswith("cuda"):
-        import torch
-
-        if not torch.cuda.is_available():
-            raise SystemExit("error: --device cuda asked for, but this torch build sees no CUDA device; use --device cpu")
+    check_device(cfg.device)
     return cfg
+
+
+def check_device(name: str) -> None:
+    """Fail in one line, before any work, on a device torch cannot name or this machine lacks."""
+    import torch
+
+    from splitkit.config import ConfigError
+
+    try:
+        dev = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise ConfigError(f"--device {name!r} is not a torch device; use cpu, cuda or cuda:N") from None
+    if dev.type not in ("cpu", "cuda"):
+        raise ConfigError(f"--device {name!r}: splitkit runs on cpu or cuda, not {dev.type}")
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError("--device cuda asked for, but this torch build sees no CUDA device; use --device cpu")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ConfigError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
 
 
 def add_dict_args(p: argparse.ArgumentParser) -> None:
@@ -97,9 +112,13 @@ def friendly_errors():
     from splitkit.config import ConfigError
     from splitkit.corpus import CorpusError
     from splitkit.pipeline import PipelineError
+    from splitkit.sae import SAEFormatError
 
     try:
         yield
+    except SAEFormatError as e:
+        print(f"error: {e}; if that folder is in the cache, delete it and the stage is rebuilt", file=sys.stderr)
+        raise SystemExit(2) from None
     except (ConfigError, CorpusError, PipelineError, CacheError) as e:
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2) from None

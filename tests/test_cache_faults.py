@@ -1,0 +1,83 @@
+"""Cache faults a reliability check found: each is detected, never used silently."""
+
+import json
+import os
+
+import pytest
+
+import splitkit.cache as C
+from splitkit.cache import Cache, CacheError, check_manifest
+
+
+def _sealed(tmp_path):
+    art = Cache(tmp_path).artifact("x", {"a": 1})
+    work = art.begin()
+    (work / "w.bin").write_bytes(bytes(range(256)) * 64)
+    art.seal()
+    C._VERIFIED.clear()  # as in a new process
+    return art
+
+
+def test_tamper_with_size_and_mtime_restored_is_detected(tmp_path):
+    art = _sealed(tmp_path)
+    p = art.path / "w.bin"
+    st = p.stat()
+    data = bytearray(p.read_bytes())
+    data[7] ^= 0x80  # a sign flip, same size
+    p.write_bytes(bytes(data))
+    os.utime(p, ns=(st.st_atime_ns, st.st_mtime_ns))  # mtime put back as a user can
+    assert p.stat().st_mtime_ns == st.st_mtime_ns and p.stat().st_size == st.st_size
+    with pytest.raises(CacheError, match="checksum"):
+        check_manifest(art.path)
+
+
+def test_force_verify_rehashes_despite_the_stamp(tmp_path, monkeypatch):
+    art = _sealed(tmp_path)
+    calls = []
+    real = C.sha256_file
+    monkeypatch.setattr(C, "sha256_file", lambda p: calls.append(p) or real(p))
+    check_manifest(art.path)
+    assert calls == []
+    monkeypatch.setattr(C, "FORCE_VERIFY", True)
+    check_manifest(art.path)
+    assert len(calls) == 2  # w.bin and spec.json
+
+
+@pytest.mark.parametrize("manifest", [[], {"files": []}, {"files": {}}, {"files": {"w.bin": 5}}, "x"])
+def test_malformed_manifests_are_partial(tmp_path, manifest):
+    art = _sealed(tmp_path)
+    (art.path / "w.bin").write_bytes(b"trunc")  # truncated file under a manifest that vouches for nothing
+    (art.path / C.MANIFEST).write_text(json.dumps(manifest))
+    with pytest.raises(CacheError, match="manifest"):
+        check_manifest(art.path)
+    assert not art.is_complete()
+
+
+def test_file_outside_the_manifest_is_not_trusted(tmp_path):
+    art = _sealed(tmp_path)
+    (art.path / "extra.npy").write_bytes(b"x")
+    with pytest.raises(CacheError, match="not in the manifest"):
+        check_manifest(art.path)
+
+
+def test_cache_info_and_prune(tmp_path, capsys):
+    c = Cache(tmp_path)
+    a = c.artifact("lm", {"lm": {"n_tokens": 5}, "seed": 3})
+    (a.begin() / "w.bin").write_bytes(b"x" * 2048)
+    a.seal()
+    b = c.artifact("acts", {"split": "train", "n_tokens": 7})
+    (b.begin() / "s.npy").write_bytes(b"y" * 4096)  # left partial: an interrupted build
+    rows = {(r["stage"], r["state"]): r for r in C.inventory(tmp_path)}
+    assert rows[("lm", "complete")]["what"] == "lm.n_tokens=5, seed=3"
+    assert rows[("acts", "partial")]["bytes"] >= 4096
+    assert C.main(["--cache", str(tmp_path), "info"]) == 0
+    out = capsys.readouterr().out
+    assert "lm: 1 artifact(s)" in out and "partial" in out
+    assert C.main(["--cache", str(tmp_path), "prune", "--partial", "--dry-run"]) == 0
+    assert b.partial_path.exists()
+    assert C.main(["--cache", str(tmp_path), "prune", "--partial"]) == 0
+    assert not b.partial_path.exists() and a.path.exists()
+    assert C.main(["--cache", str(tmp_path), "prune", "--stage", "nope"]) == 2
+    assert "no stage 'nope'" in capsys.readouterr().err
+    assert C.main(["--cache", str(tmp_path), "prune", "--stage", "lm"]) == 0
+    assert not a.path.exists()

@@ -1,0 +1,77 @@
+"""Bad corpora end in one line that says what to fix."""
+
+import json
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from splitkit.config import CorpusConfig
+from splitkit.corpus import CorpusError, load_documents
+
+
+def _load(path, **kw):
+    return load_documents(CorpusConfig(path=str(path), **kw))
+
+
+def test_jsonl_with_non_string_text_is_refused(tmp_path):
+    p = tmp_path / "c.jsonl"
+    p.write_text(json.dumps({"text": "fine"}) + "\n" + json.dumps({"text": 3}) + "\n")
+    with pytest.raises(CorpusError, match=r"line 2: 'text' is int, not a string") as e:
+        _load(p)
+    assert "\n" not in str(e.value)
+
+
+def test_jsonl_strings_are_read(tmp_path):
+    p = tmp_path / "c.jsonl"
+    p.write_text("\n".join(json.dumps({"body": f"doc {i}"}) for i in range(3)))
+    assert [d.text for d in _load(p, text_column="body")] == ["doc 0", "doc 1", "doc 2"]
+
+
+def test_parquet_errors_are_one_line(tmp_path):
+    p = tmp_path / "c.parquet"
+    pq.write_table(pa.table({"body": ["a", "b"], "n": [1, 2]}), p)
+    for column, pattern in (("text", r"no column 'text'; it has \['body', 'n'\]"), ("n", "not text")):
+        with pytest.raises(CorpusError, match=pattern) as e:
+            _load(p, text_column=column)
+        assert "\n" not in str(e.value)
+    assert [d.text for d in _load(p, text_column="body")] == ["a", "b"]
+    bad = tmp_path / "bad.parquet"
+    bad.write_bytes(b"PAR1 not really")
+    with pytest.raises(CorpusError, match="not a readable Parquet file") as e:
+        _load(bad)
+    assert "\n" not in str(e.value)
+
+
+def test_corpus_too_small_stops_before_training(tmp_path, smoke_cfg, monkeypatch):
+    import splitkit.lm as lm
+    from splitkit import pipeline as P
+
+    folder = tmp_path / "tiny"
+    folder.mkdir()
+    for i in range(12):
+        (folder / f"d{i}.txt").write_text(f"word{i} " * 3)
+    cfg = smoke_cfg.with_overrides(corpus={"path": str(folder), "glob": "*.txt", "max_docs": None},
+                                   tokenizer={"vocab_size": 300})
+    monkeypatch.setattr(lm, "train_lm", lambda *a, **k: pytest.fail("an LM trained on a corpus too small"))
+    for _ in range(2):  # and again on a rerun, from the cached tokens
+        with pytest.raises(P.PipelineError, match="corpus too small: its .* split holds") as e:
+            P.get_lm(cfg, 0, progress=False)
+        assert "\n" not in str(e.value)
+
+
+def test_lm_no_better_than_bigrams_is_said_loudly(tmp_path, capsys):
+    from splitkit import pipeline as P
+
+    folder = tmp_path / "lm"
+    folder.mkdir()
+    (folder / "summary.json").write_text('{"val_loss": 4.77, "bigram_loss": 4.72, "unigram_entropy": 6.0}')
+    run = P.LMRun(folder, "k", 0)
+    assert run.summary["beats_bigram"] is False and abs(run.summary["gain_over_bigram"] + 0.05) < 1e-12
+    P._warn_if_undertrained(run)
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("[splitkit] WARNING: LM seed 0 is no better than bigrams") and "\n" not in err
+    (folder / "summary.json").write_text('{"val_loss": 3.82, "bigram_loss": 4.32, "unigram_entropy": 6.3}')
+    assert run.summary["beats_bigram"] is True
+    P._warn_if_undertrained(run)
+    assert capsys.readouterr().err == ""
