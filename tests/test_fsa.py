@@ -382,7 +382,7 @@ def _state_level(auto_row, state_of_unit):
 def test_planted_automaton_end_to_end(tmp_path):
     from splitkit import pipeline as P
     from splitkit.config import get_preset
-    from splitkit.matching import logit_effects
+    from splitkit.effects import logit_effects
 
     _write_tag_corpus(tmp_path / "corpus")
     cfg = get_preset("smoke").with_overrides(

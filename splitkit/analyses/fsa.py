@@ -9,7 +9,7 @@ Inputs (the same for features and for neurons):
 - ``token_ids: [n_tokens]`` the token at each position;
 - ``next_ok: bool [n_tokens]`` False where position t+1 is in another document or past the end;
 - ``logit_eff: [n, vocab]`` the direct effect of each unit on the next-token logits
-  (:func:`splitkit.matching.logit_effects`; the identity as ``W_dec`` for neurons).
+  (:func:`splitkit.effects.logit_effects`; the identity as ``W_dec`` for neurons).
 
 A unit is *active* at t when its activation exceeds ``active_threshold`` (0 by default). The pairs
 are the positions (t, t+1) with ``next_ok[t]``; ``N`` is their number.
