@@ -135,6 +135,20 @@ def test_clusters_see_chains_through_the_top_k_graph():
     assert cl.labels[0] == cl.labels[1] == cl.labels[2] and cl.n_clusters == 6
 
 
+def test_clusters_join_one_way_edges():
+    """With one twin per feature, three exact copies give edges 0->1, 1->0, 2->0 (or similar):
+    one cluster even though not every edge goes both ways; all three lists are saturated."""
+    P = Planted(5)
+    base = P.atom()
+    acts = _csr([base, base, base] + [P.atom() for _ in range(4)])
+    tw = R.activation_twins(acts, k=1)
+    assert tw.index.shape == (7, 1)
+    cl = R.twin_clusters(tw, 0.9)
+    assert cl.n_clusters == 5 and cl.labels[0] == cl.labels[1] == cl.labels[2]
+    assert cl.n_saturated == 3
+    assert cl.representative[:3].sum() == 1
+
+
 def _gaussian_dictionary(seed=0, n_base=60, d=64):
     rng = np.random.default_rng(seed)
     W = rng.standard_normal((n_base, d))
@@ -162,6 +176,9 @@ def test_decoder_twins_match_brute_force_and_chunking():
         assert np.allclose(tw.twin_value[live], C[live].max(1))
         second = np.sort(C[live], axis=1)[:, -2]
         assert np.allclose(tw.value[live, 1], second)
+    full = R.decoder_twins(W, k=n - 1, chunk_rows=7)  # every list reaches the far end
+    assert not np.isin(full.index, [n - 1]).any()  # the zero row is nobody's twin
+    assert (full.index[: n - 1, : n - 2] >= 0).all() and (full.index[:, n - 2] == -1).all()
     s = R.redundancy_summary(W_dec=W, threshold=0.9, k=4)
     # rows 0-2 with their 2 copies (9) and rows 3-7 with their copy (10) have a twin above 0.9
     assert s["twin_share_dec_0.9"] == pytest.approx(19 / 71)
