@@ -7,7 +7,7 @@ with the copies counted once.
 Twins. A feature's *twin* is its most similar OTHER feature in the same dictionary, by
 
 * activation: exact Pearson correlation of the activations over the analysis tokens
-  (``splitkit.matching.max_correlation(acts, acts)``, the self match dropped), or
+  (``splitkit.correlation.max_correlation(acts, acts)``, the self match dropped), or
 * decoder: cosine of the decoder rows ``W_dec [n, d]`` (row blocks, top-k kept; never ``[n, n]``).
 
 Features with no activation variance (dead, or constant) have no activation twin (index -1, NaN)
@@ -31,7 +31,7 @@ variance; decoder: non-zero row):
 
 Matching views (:func:`matching_views`) of A against B: the paper's many-to-one best match
 (median over A's features of the best correlation in B), one-to-one (Hungarian or its sparse top-k
-equivalent, ``matching.match``; an A feature left unassigned counts as 0), the mutual-match share
+equivalent, ``correlation.match``; an A feature left unassigned counts as 0), the mutual-match share
 and the number of distinct B features used as best matches; and the same medians over
 representatives only (A's representatives matched against B's representatives).
 """
@@ -44,7 +44,7 @@ import numpy as np
 import scipy.sparse as sp
 from scipy.sparse.csgraph import connected_components
 
-from .. import matching
+from .. import correlation
 
 __all__ = [
     "Twins",
@@ -125,15 +125,15 @@ def activation_twins(acts, k: int = 8, **match_kwargs) -> Twins:
     """Activation twins of every feature of ``acts [n_tokens, n]`` (sparse or dense).
 
     ``k``: similar features kept per feature, the twin first (>= 1; more let the clusters see more
-    of each feature's neighbourhood). Extra keyword arguments go to ``matching.max_correlation``.
+    of each feature's neighbourhood). Extra keyword arguments go to ``correlation.max_correlation``.
     """
     if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or k < 1:
         raise ValueError(f"k must be a positive integer, got {k!r}")
     n = acts.shape[1]
     if n < 2:
         raise ValueError(f"acts must have at least 2 feature columns to have twins, got {n}")
-    side = matching.prepare(acts, "acts")  # column statistics once for both sides
-    top = matching.max_correlation(side, side, k=min(k + 1, n), **match_kwargs)
+    side = correlation.prepare(acts, "acts")  # column statistics once for both sides
+    top = correlation.max_correlation(side, side, k=min(k + 1, n), **match_kwargs)
     idx, val = _drop_self(top.index, top.value)
     return Twins(index=idx, value=val, alive=~top.dead_a, kind="act")
 
@@ -256,7 +256,7 @@ def _median(x: np.ndarray) -> float:
 
 
 def _views(acts_a, acts_b, mask_a: np.ndarray, k: int, assignment: str) -> dict:
-    df = matching.match(acts_a, acts_b, k=k, assignment=assignment)
+    df = correlation.match(acts_a, acts_b, k=k, assignment=assignment)
     corr = df["corr"].to_numpy(np.float64)
     use = mask_a & np.isfinite(corr)
     one = np.nan_to_num(df["assign_corr"].to_numpy(np.float64), nan=0.0)  # unassigned: 0
@@ -280,7 +280,7 @@ def matching_views(acts_a, acts_b, *, reps_a=None, reps_b=None, mask_a=None, k: 
     ``reps_b [n_b]`` (bool): each dictionary's cluster representatives (``Clusters.representative``);
     when both are given the ``dedup_*`` figures match representatives of A against those of B.
     ``mask_a [n_a]`` (bool): A features to count (e.g. the paper's count); dead ones never count.
-    ``assignment``: passed to ``matching.match`` ("auto": Hungarian while n_a * n_b is small).
+    ``assignment``: passed to ``correlation.match`` ("auto": Hungarian while n_a * n_b is small).
 
     Returns ``{"n", "many_to_one_median", "one_to_one_median", "mutual_share", "mutual_median",
     "n_distinct_best"}`` plus the same keys prefixed ``dedup_`` (with ``dedup_n_b``).
