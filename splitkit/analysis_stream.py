@@ -67,7 +67,7 @@ def stream_universality(model_a: Transformer, model_b: Transformer, tokens: np.n
     Returns:
         ``({name: StreamResult, ..., "neurons": StreamResult}, timing)``.
     """
-    from tqdm.auto import tqdm
+    from .progress import bar as tqdm
 
     T = model_a.cfg.n_ctx
     d = model_a.cfg.d_mlp

@@ -94,7 +94,7 @@ if HAVE_NUMBA:
 
 
 def _encode_blocks(sae, blocks, n_rows: int, device: str, matmul_dtype: torch.dtype, progress: bool) -> sp.csr_matrix:
-    from tqdm.auto import tqdm
+    from .progress import bar as tqdm
 
     sae = sae.to(device).eval()
     low = matmul_dtype != torch.float32

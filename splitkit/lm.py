@@ -146,7 +146,7 @@ def train_lm(
 
     ``stop_after_steps`` interrupts on purpose after that many steps of this call (used by tests).
     """
-    from tqdm.auto import tqdm
+    from .progress import bar as tqdm
 
     torch.manual_seed(seed)
     model = Transformer(model_cfg, vocab_size).to(device)

@@ -43,16 +43,18 @@ def use_lines(stream=None) -> bool:
 class LineProgress:
     """The part of tqdm's interface splitkit uses, written as occasional whole lines.
 
-    A line goes out when the work passes the next ``every_pct`` percent or ``every_s`` seconds after
-    the last line, whichever comes first, and once at the end.
+    A line goes out when the work has passed the next ``every_pct`` percent and at least ``min_s``
+    seconds have gone by since the last line, or after ``every_s`` seconds whatever the progress;
+    and once at the end.
     """
 
     def __init__(self, total: int | None = None, desc: str = "", unit: str = "it", initial: int = 0,
-                 disable: bool = False, every_pct: float = 5.0, every_s: float = 30.0, stream=None, **_ignored):
+                 disable: bool = False, every_pct: float = 5.0, every_s: float = 30.0, min_s: float = 5.0,
+                 stream=None, **_ignored):
         self.total, self.desc, self.unit = total, desc or "progress", unit
         self.n = self.start_n = initial
         self.disable = disable
-        self.every_pct, self.every_s = every_pct, every_s
+        self.every_pct, self.every_s, self.min_s = every_pct, every_s, min_s
         self.stream = sys.stderr if stream is None else stream
         self.t0 = self.t_last = time.monotonic()
         self.pct_last = self._pct()
@@ -84,7 +86,9 @@ class LineProgress:
             return
         now = time.monotonic()
         pct = self._pct()
-        if (self.total and pct >= self.pct_last + self.every_pct and self.n < self.total) or now - self.t_last >= self.every_s:
+        since = now - self.t_last
+        if (self.total and pct >= self.pct_last + self.every_pct and self.n < self.total and since >= self.min_s) \
+                or since >= self.every_s:
             self._emit(self._line())
             self.t_last, self.pct_last = now, pct
 

@@ -7,7 +7,7 @@ def test_lines_off_a_terminal_are_few_whole_lines(monkeypatch):
     monkeypatch.delenv("SPLITKIT_PROGRESS", raising=False)
     out = io.StringIO()  # not a terminal
     assert progress.use_lines(out)
-    p = progress.LineProgress(total=1000, desc="harvest", unit="tok", every_pct=10, every_s=1e9, stream=out)
+    p = progress.LineProgress(total=1000, desc="harvest", unit="tok", every_pct=10, every_s=1e9, min_s=0, stream=out)
     for _ in range(1000):
         p.update(1)
     p.close()
@@ -24,7 +24,7 @@ def test_time_trigger_and_resume_offset(monkeypatch):
     t = [0.0]
     monkeypatch.setattr(progress.time, "monotonic", lambda: t[0])
     out = io.StringIO()
-    p = progress.LineProgress(total=100, desc="LM seed 0", unit="step", initial=40, every_pct=50, every_s=30, stream=out)
+    p = progress.LineProgress(total=100, desc="LM seed 0", unit="step", initial=40, every_pct=50, every_s=30, min_s=0, stream=out)
     t[0] = 10.0
     p.update(1)  # neither 50% more nor 30 s: silent
     assert out.getvalue() == ""
@@ -41,3 +41,16 @@ def test_forced_modes(monkeypatch):
     monkeypatch.setenv("SPLITKIT_PROGRESS", "lines")
     assert progress.use_lines()
     assert isinstance(progress.bar(total=3, desc="x"), progress.LineProgress)
+
+
+def test_short_jobs_stay_quiet_until_min_s(monkeypatch):
+    t = [0.0]
+    monkeypatch.setattr(progress.time, "monotonic", lambda: t[0])
+    out = io.StringIO()
+    p = progress.LineProgress(total=100, desc="x", every_pct=5, every_s=30, min_s=5, stream=out)
+    for i in range(100):
+        t[0] = i * 0.1  # the whole job takes 10 s
+        p.update(1)
+    p.close()
+    lines = out.getvalue().splitlines()
+    assert len(lines) == 2 and "done in" in lines[-1]  # one line at 5 s, one at the end

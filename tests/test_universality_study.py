@@ -10,9 +10,11 @@ from studies import universality as study
 
 
 @pytest.mark.heavy
-def test_universality_study_end_to_end(smoke_cfg, tmp_path, capsys):
-    out = tmp_path / "uni"
-    rc = study.main(["--preset", "smoke", "--cache", smoke_cfg.cache_dir, "--out", str(out), "--quiet"])
+def test_universality_study_end_to_end(smoke_cfg, tmp_path, capsys, monkeypatch):
+    out = tmp_path / "uni`<img src=x onerror=alert(1)>`|x"  # a hostile --out lands in report.md
+    argv = ["--preset", "smoke", "--cache", smoke_cfg.cache_dir, "--out", str(out), "--quiet"]
+    monkeypatch.setattr("sys.argv", ["universality.py", *argv])  # the command line report.md quotes
+    rc = study.main(argv)
     assert rc == 0
     s = json.loads((out / "summary.json").read_text())
     u = s["universality"]
@@ -30,10 +32,39 @@ def test_universality_study_end_to_end(smoke_cfg, tmp_path, capsys):
     assert (df.loc[live, "corr"] <= 1 + 1e-9).all()
     for f in ("report.md", "max_corr_hist.png", "max_corr_hist.svg", "corr_vs_density.png", "act_vs_logit_corr.png"):
         assert (out / f).is_file(), f
+    _check_report_markdown((out / "report.md").read_text())
     # both runs' LM and SAE metrics are in the summary
     for run in ("A", "B"):
         assert s["runs"][run]["lm"]["val_loss"] < s["runs"][run]["lm"]["unigram_entropy"]
         assert np.isfinite(s["runs"][run]["sae"]["fvu"])
+
+
+def _unescaped_pipes(row: str) -> int:
+    """Cell separators of a GitHub-style table row: pipes not escaped by a backslash."""
+    return sum(1 for i, c in enumerate(row) if c == "|" and (i == 0 or row[i - 1] != "\\"))
+
+
+def _check_report_markdown(md: str) -> None:
+    import re
+
+    # every table row has as many cell separators as its header: no token or path splits a cell
+    lines = md.splitlines()
+    for i, line in enumerate(lines):
+        if line.startswith("|---"):
+            want = _unescaped_pipes(lines[i - 1])
+            j = i + 1
+            while j < len(lines) and lines[j].startswith("|"):
+                assert _unescaped_pipes(lines[j]) == want, lines[j]
+                j += 1
+    # the hostile folder name sits inside a code span whose fence is longer than any backtick run in it
+    cmd = next(line for line in md.splitlines() if line.startswith("Code version"))
+    assert "onerror" in cmd
+    m = re.search(r"command (`+)", cmd)
+    fence = m.group(1)
+    body = cmd[m.end():cmd.rindex(fence)]
+    assert "<img" in body and max(len(r) for r in re.findall("`+", body)) < len(fence)
+    outside = cmd[: m.start()] + cmd[cmd.rindex(fence) + len(fence):]
+    assert "<img" not in outside
 
 
 def test_bad_arguments_are_one_line_errors(smoke_cfg, tmp_path, capsys):

@@ -8,13 +8,18 @@ from pathlib import Path
 
 import pandas as pd
 
+from .escape import csv_safe
+
 
 def write_table(df: pd.DataFrame, path: Path, csv: bool = True) -> None:
-    """Parquet (and CSV beside it), each through a temp file and rename."""
+    """Parquet (and CSV beside it), each through a temp file and rename.
+
+    The CSV's text cells go through :func:`escape.csv_safe` (a cell that a spreadsheet would run as a
+    formula gets a leading quote); the Parquet copy keeps the exact text."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     for suffix, writer in ((".parquet", lambda p: df.to_parquet(p, index=False)),
-                           (".csv", lambda p: df.to_csv(p, index=False))):
+                           (".csv", lambda p: csv_safe(df).to_csv(p, index=False))):
         if suffix == ".csv" and not csv:
             continue
         target = path.with_suffix(suffix)

@@ -15,6 +15,7 @@ import pandas as pd
 
 from ..cache import atomic_write_bytes, atomic_write_json
 from ..metrics import METRIC_DEFINITIONS
+from .escape import md_code
 from ..provenance import provenance
 from .common import save_figure, write_table
 
@@ -160,7 +161,7 @@ def _report(summary: dict, table: pd.DataFrame) -> str:
     lines = [
         f"# Dictionaries{'' if seed is None else f' on the MLP of LM seed {seed}'}",
         "",
-        f"A family of {len(summary['sizes'])} dictionaries (recipe `{d['recipe']}`) on the "
+        f"A family of {len(summary['sizes'])} dictionaries (recipe {md_code(d['recipe'])}) on the "
         f"{cfg['model']['d_mlp']} MLP neurons, trained on {trained}. Reconstruction and loss recovered over "
         f"{first.get('n_eval_tokens', 0):,} validation tokens; densities over {first['n_density_tokens']:,} "
         f"analysis tokens: a feature is dead when it fires on none of them, ultralow when it fires on fewer than "
@@ -183,5 +184,5 @@ def _report(summary: dict, table: pd.DataFrame) -> str:
     lines += [f"- `{k}`: {v}" for k, v in summary["metric_definitions"].items()]
     prov = summary["provenance"]
     lines += ["", "Every figure is in `metrics.csv` / `metrics.parquet` and, with the density histograms, in "
-              "`summary.json`.", "", f"Code version `{prov['git_revision']}`; command `{prov['command']}`.", ""]
+              "`summary.json`.", "", f"Code version {md_code(prov['git_revision'])}; command {md_code(prov['command'])}.", ""]
     return "\n".join(lines)

@@ -9,6 +9,7 @@ import pandas as pd
 
 from ..cache import atomic_write_bytes, atomic_write_json
 from ..metrics import METRIC_DEFINITIONS
+from .escape import md_code
 from ..analyses.universality import PAPER_FIGURES
 from ..provenance import provenance
 from .common import save_figure, write_table
@@ -256,7 +257,7 @@ def report(summary: dict, flat: pd.DataFrame) -> str:
     lines = [
         "# Universality vs SAE tokens, dictionary size, recipe and analysis tokens",
         "",
-        f"Code version `{prov['git_revision']}`; command `{prov['command']}`. Grid: {summary['grid']}.",
+        f"Code version {md_code(prov['git_revision'])}; command {md_code(prov['command'])}. Grid: {summary['grid']}.",
         f"{summary['n_points']} grid points. Paper (A/1 vs B/1): features {PAPER_FIGURES['features_median_max_act_corr']}, "
         f"neurons {PAPER_FIGURES['neurons_median_max_act_corr']}, over ~41M tokens.",
         "",

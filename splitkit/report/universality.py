@@ -8,6 +8,7 @@ import numpy as np
 
 from ..cache import atomic_write_bytes, atomic_write_json
 from ..metrics import METRIC_DEFINITIONS
+from .escape import md_code
 from ..analyses.universality import PAPER_FIGURES
 from ..provenance import provenance
 from .common import save_figure, write_table
@@ -170,7 +171,7 @@ def _report(summary: dict, res: dict) -> str:
               "| A feature | density | best B | act corr | logit corr | top tokens A | top tokens B |", "|---|---|---|---|---|---|---|"]
     for _, r in top.iterrows():
         lines.append(f"| {r['a']} | {r['density_a']:.2e} | {r['best_b']} | {r['corr']:.3f} | {_fmt(r['logit_corr_of_match'], 2)} | "
-                     f"`{r.get('top_tokens_a', '')}` | `{r.get('top_tokens_b', '')}` |")
+                     f"{md_code(r.get('top_tokens_a', ''), in_table=True)} | {md_code(r.get('top_tokens_b', ''), in_table=True)} |")
     lines += ["", "## How the figures are computed", "",
               "- Max activation correlation: exact Pearson correlation over the analysis tokens between a feature of A "
               "and every feature of B; the best is kept (`matches.parquet`: `best_b`, `corr`).",
@@ -179,5 +180,6 @@ def _report(summary: dict, res: dict) -> str:
               "- Attribution: per position, activation times the logit effect on the actual next token; correlation of "
               "those vectors for the matched pair.",
               "- Chance: the same matching after permuting B's tokens.",
-              "", f"Code version `{summary['provenance']['git_revision']}`; command `{summary['provenance']['command']}`.", ""]
+              "", f"Code version {md_code(summary['provenance']['git_revision'])}; "
+              f"command {md_code(summary['provenance']['command'])}.", ""]
     return "\n".join(lines)

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm.auto import tqdm
+from ..progress import bar as tqdm
 
 from ..precision import matmul_dtype
 from ..sae import SparseAutoencoder, atomic_write_json
@@ -150,7 +150,7 @@ def run_trainer(trainer: FamilyTrainer, progress: bool = True, desc: str | None 
     """Step ``trainer`` until ``n_steps`` with a progress bar; returns this session's wall seconds."""
     cfg, members = trainer.cfg, trainer.members
     bar = tqdm(total=cfg.n_steps, initial=trainer.step, disable=not progress, unit="step", dynamic_ncols=True,
-               desc=desc)
+               desc=desc or "dictionaries")
     t0 = time.perf_counter()
     while trainer.step < cfg.n_steps:
         trainer.train_step(write=bar.write if progress else None)
