@@ -27,3 +27,32 @@ def test_truncated_lm_checkpoint_restarts_to_identical_weights(tmp_path, capsys)
     assert meta["step"] == meta["n_steps"]
     for (k, v1), v2 in zip(full.state_dict().items(), again.state_dict().values()):
         assert torch.equal(v1, v2), k
+
+
+def test_truncated_family_checkpoint_restarts_to_identical_weights(tmp_path, capsys):
+    from splitkit.sae import SAEConfig, SparseAutoencoder
+    from splitkit.train import FamilyTrainer, TensorSource, TrainerConfig, train_family
+    from splitkit.train.member import PARAMS
+
+    g = torch.Generator().manual_seed(0)
+    X = torch.relu(torch.randn(2048, 32, generator=g))
+    cfg = TrainerConfig(n_steps=20, l1_coeff=3e-3, lr=3e-3, batch_size=256, resample_steps=(8,), dead_window=4,
+                        resample_n_inputs=512, log_every=5, checkpoint_every=10)
+
+    def make():
+        return [SparseAutoencoder(SAEConfig(d_in=32, n_features=n, seed=4)) for n in (48, 64)]
+
+    straight = make()
+    train_family(straight, TensorSource(X, 256, seed=1), cfg, out_dir=tmp_path / "a", progress=False)
+    trainer = FamilyTrainer(make(), TensorSource(X, 256, seed=1), cfg, out_dir=tmp_path / "b")
+    for _ in range(12):
+        trainer.train_step()  # a crash after the checkpoint at step 10 ...
+    ck = next((tmp_path / "b").glob("checkpoint_step*")) / "sae_64" / "optimizer.safetensors"
+    ck.write_bytes(ck.read_bytes()[:50])  # ... that cut one of its files short
+    again = make()
+    train_family(again, TensorSource(X, 256, seed=1), cfg, out_dir=tmp_path / "b", progress=False)
+    assert "resume checkpoint unreadable" in capsys.readouterr().err
+    assert list((tmp_path / "b").glob("*.unreadable"))
+    for a, b in zip(straight, again):
+        for p in PARAMS:
+            assert torch.equal(getattr(a, p), getattr(b, p)), p

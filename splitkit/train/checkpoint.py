@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -44,32 +45,62 @@ def save_checkpoint(out_dir: Path, step: int, members: list[Member], cfg: Traine
             shutil.rmtree(old, ignore_errors=True)
 
 
-def load_checkpoint(out_dir: Path, members: list[Member], cfg: TrainerConfig) -> tuple[int, float]:
-    """Restore every member from ``out_dir``'s checkpoint; returns (step, training seconds so far)."""
-    pointer = json.loads((out_dir / CHECKPOINT_POINTER).read_text())
-    folder = out_dir / pointer["folder"]
-    family = json.loads((folder / "family.json").read_text())
-    names = [m.name for m in members]
-    if family["names"] != names:
-        raise ValueError(f"{folder}: checkpoint holds dictionaries {family['names']}, this family is {names}")
-    saved = TrainerConfig.from_dict(family["trainer_config"])
-    if saved != cfg:
-        diff = sorted(k for k, v in saved.to_dict().items() if cfg.to_dict()[k] != v)
-        raise ValueError(f"{folder}: checkpoint was trained with a different TrainerConfig (fields {diff})")
-    step = int(pointer["step"])
-    for m in members:
-        sub = folder / m.name
-        state = json.loads((sub / "state.json").read_text())
-        if state["step"] != step:
-            raise ValueError(f"{sub}: state step {state['step']} != checkpoint step {step}")
-        loaded = SparseAutoencoder.load(sub, expect_d_in=m.sae.d_in)
-        if loaded.cfg != m.sae.cfg:
-            raise ValueError(f"{sub}: checkpoint dictionary config {loaded.cfg} != given {m.sae.cfg}")
+class _Unreadable(Exception):
+    """A checkpoint file that is missing, truncated or not what it should be."""
+
+
+def _read(fn, path: Path):
+    try:
+        return fn(path)
+    except Exception as e:  # json, safetensors and our own loaders raise many types for a cut-short file
+        raise _Unreadable(f"{path.name}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+
+
+def _read_json(path: Path) -> dict:
+    return _read(lambda p: json.loads(p.read_text()), path)
+
+
+def _read_member(sub: Path, m: Member, step: int) -> dict:
+    state = _read_json(sub / "state.json")
+    if state.get("step") != step:
+        raise _Unreadable(f"{sub.name}/state.json: step {state.get('step')} != checkpoint step {step}")
+    loaded = _read(lambda p: SparseAutoencoder.load(p, expect_d_in=m.sae.d_in), sub)
+    if loaded.cfg != m.sae.cfg:
+        raise ValueError(f"{sub}: checkpoint dictionary config {loaded.cfg} != given {m.sae.cfg}")
+    return {"state": state, "sae": loaded, "optim": _read(lambda p: load_file(str(p)), sub / "optimizer.safetensors"),
+            "stats": _read(lambda p: load_file(str(p)), sub / "stats.safetensors")}
+
+
+def load_checkpoint(out_dir: Path, members: list[Member], cfg: TrainerConfig) -> tuple[int, float] | None:
+    """Restore every member from ``out_dir``'s checkpoint; returns (step, training seconds so far).
+
+    Everything is read and checked before any member changes. A checkpoint that cannot be read (a
+    truncated file, say) is set aside as ``*.unreadable`` and None is returned: training restarts
+    from step 0 instead of failing on every rerun. A checkpoint of another family or config is an
+    error (ValueError), not a restart: it means the folder is not this run's.
+    """
+    try:
+        pointer = _read_json(out_dir / CHECKPOINT_POINTER)
+        folder = out_dir / str(pointer.get("folder"))
+        family = _read_json(folder / "family.json")
+        names = [m.name for m in members]
+        if family["names"] != names:
+            raise ValueError(f"{folder}: checkpoint holds dictionaries {family['names']}, this family is {names}")
+        saved = TrainerConfig.from_dict(family["trainer_config"])
+        if saved != cfg:
+            diff = sorted(k for k, v in saved.to_dict().items() if cfg.to_dict()[k] != v)
+            raise ValueError(f"{folder}: checkpoint was trained with a different TrainerConfig (fields {diff})")
+        step = int(pointer["step"])
+        payloads = [_read_member(folder / m.name, m, step) for m in members]
+    except (_Unreadable, KeyError, TypeError) as e:
+        _set_aside(out_dir, f"{e}")
+        return None
+    for m, got in zip(members, payloads):
+        state, stats = got["state"], got["stats"]
         with torch.no_grad():
             for p in PARAMS:
-                getattr(m.sae, p).copy_(getattr(loaded, p))
-        m.load_optim_tensors(load_file(str(sub / "optimizer.safetensors")))
-        stats = load_file(str(sub / "stats.safetensors"))
+                getattr(m.sae, p).copy_(getattr(got["sae"], p))
+        m.load_optim_tensors(got["optim"])
         dev = m.steps_since_fired.device
         m.steps_since_fired = stats["steps_since_fired"].to(dev)
         m.window_counts = stats["window_counts"].to(dev)
@@ -81,3 +112,12 @@ def load_checkpoint(out_dir: Path, members: list[Member], cfg: TrainerConfig) ->
         m.resamples = state["resamples"]
     return step, float(family.get("elapsed_s", 0.0))
 
+
+def _set_aside(out_dir: Path, reason: str) -> None:
+    import sys
+
+    for p in [out_dir / CHECKPOINT_POINTER, *out_dir.glob("checkpoint_step*")]:
+        if p.exists() and not p.name.endswith(".unreadable"):
+            os.replace(p, p.with_name(p.name + ".unreadable"))
+    print(f"[splitkit] {out_dir}: resume checkpoint unreadable ({reason[:160]}); set aside as *.unreadable, "
+          "training restarts from step 0", file=sys.stderr, flush=True)

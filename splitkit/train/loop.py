@@ -64,7 +64,7 @@ class FamilyTrainer:
         if self.out is not None:
             self.out.mkdir(parents=True, exist_ok=True)
             if (self.out / CHECKPOINT_POINTER).is_file():
-                self.step, self.elapsed_before = load_checkpoint(self.out, self.members, cfg)
+                self.step, self.elapsed_before = load_checkpoint(self.out, self.members, cfg) or (0, 0.0)
         self._t_start = time.perf_counter()
         if self.step == 0:
             _init_fresh(self.members, source, cfg, self.device)
