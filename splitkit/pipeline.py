@@ -41,6 +41,17 @@ def _say(msg: str) -> None:
     print(f"[splitkit] {msg}", file=sys.stderr, flush=True)
 
 
+def read_artifact_file(path: Path, loader):
+    """``loader(path)``, or a one-line PipelineError naming the folder to delete when the file cannot be read
+    (a file damaged under a manifest rebuilt by hand, say: its checksums then vouch for the damage)."""
+    try:
+        return loader(path)
+    except Exception as e:  # numpy, scipy and zipfile raise many types for damaged files
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise PipelineError(f"{path} is unreadable ({type(e).__name__}: {reason[:120]}); delete {path.parent} "
+                            "and the stage is rebuilt") from None
+
+
 def _ready(art: Artifact) -> bool:
     if not art.path.exists():
         return False
@@ -488,7 +499,7 @@ class FeatureSet:
     def acts(self):
         import scipy.sparse as sp
 
-        return sp.load_npz(self.folder / "features.npz")
+        return read_artifact_file(self.folder / "features.npz", sp.load_npz)
 
     @property
     def stats(self) -> dict:
@@ -496,7 +507,7 @@ class FeatureSet:
 
     @property
     def counts(self) -> np.ndarray:
-        return np.load(self.folder / "counts.npy")
+        return read_artifact_file(self.folder / "counts.npy", np.load)
 
 
 def get_features(cfg: Config, seed: int, n: int, snapshot_step: int | None = None, progress: bool = True) -> FeatureSet:

@@ -81,3 +81,23 @@ def test_cache_info_and_prune(tmp_path, capsys):
     assert "no stage 'nope'" in capsys.readouterr().err
     assert C.main(["--cache", str(tmp_path), "prune", "--stage", "lm"]) == 0
     assert not a.path.exists()
+
+
+def test_damaged_features_file_under_a_rebuilt_manifest_is_one_line(tmp_path):
+    import numpy as np
+    import scipy.sparse as sp
+
+    from splitkit import pipeline as P
+
+    art = Cache(tmp_path).artifact("features", {"n": 4})
+    work = art.begin()
+    sp.save_npz(work / "features.npz", sp.csr_matrix(np.eye(4, dtype=np.float32)))
+    np.save(work / "counts.npy", np.ones(4))
+    art.seal()
+    fs = P.FeatureSet(art.path, art.key)
+    assert fs.acts().nnz == 4
+    (art.path / "features.npz").write_bytes(b"PK\x03\x04 not a zip any more")
+    C.write_manifest(art.path)  # a manifest rebuilt by hand now vouches for the damage
+    with pytest.raises(P.PipelineError, match=r"features.npz is unreadable .*delete .* and the stage is rebuilt") as e:
+        fs.acts()
+    assert "\n" not in str(e.value)
