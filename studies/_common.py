@@ -31,6 +31,8 @@ def base_parser(description: str) -> argparse.ArgumentParser:
     p.add_argument("--device", default=None, help="torch device, e.g. cpu or cuda (default: the preset's)")
     p.add_argument("--cache", default=None, help="cache folder for every pipeline stage (default .cache)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--verify", action="store_true",
+                   help="re-hash every cached file against its manifest, whatever the stamps of earlier checks say")
     return p
 
 
@@ -55,6 +57,10 @@ def config_from_args(args):
         over["cache_dir"] = args.cache
     cfg = cfg.with_overrides(**over)
     check_device(cfg.device)
+    if getattr(args, "verify", False):
+        import splitkit.cache
+
+        splitkit.cache.FORCE_VERIFY = True
     return cfg
 
 
