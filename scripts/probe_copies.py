@@ -1,7 +1,9 @@
 """Probe: what makes the default l1_decnorm dictionaries hold near-copies, and what removes them.
 
     python scripts/probe_copies.py NAME '{"penalty": "log", "s": 0.5, "l1_coeff": 2e-3}' [--seeds 0,1]
-    python scripts/probe_copies.py NAME '{...}' --universality      # + features vs neurons on 4M tokens
+    python scripts/probe_copies.py NAME '{...}' --universality --analysis-tokens 1000000  # + matching views
+    python scripts/probe_copies.py default '{}' --pipeline --only-universality --analysis-tokens 1000000
+    python scripts/probe_copies.py table                               # the rows so far, as markdown
 
 Trains one 2,048-feature dictionary per LM seed on the default preset's cached activations (the
 pipeline builds them if missing) with the stock trainer, optionally patched inside this script:
