@@ -1,7 +1,9 @@
 """Probe: what makes the default l1_decnorm dictionaries hold near-copies, and what removes them.
 
     python scripts/probe_copies.py NAME '{"penalty": "log", "s": 0.5, "l1_coeff": 2e-3}' [--seeds 0,1]
-    python scripts/probe_copies.py NAME '{...}' --universality      # + features vs neurons on 4M tokens
+    python scripts/probe_copies.py NAME '{...}' --universality --analysis-tokens 1000000  # + matching views
+    python scripts/probe_copies.py default '{}' --pipeline --only-universality --analysis-tokens 1000000
+    python scripts/probe_copies.py table                               # the rows so far, as markdown
 
 Trains one 2,048-feature dictionary per LM seed on the default preset's cached activations (the
 pipeline builds them if missing) with the stock trainer, optionally patched inside this script:
@@ -386,13 +388,14 @@ def measure(cfg, seed: int, sae: SparseAutoencoder, extra: dict) -> tuple[dict, 
     return out, F1
 
 
-def universality(cfg, saes: dict) -> dict:
-    """Matching views of A against B on the preset's analysis tokens, plus neurons."""
+def universality(cfg, saes: dict, n_tokens: int | None = None) -> dict:
+    """Matching views of A against B on the first ``n_tokens`` analysis tokens (None: the
+    preset's), plus neurons."""
     mm = T.resolve_matmul_dtype(cfg.dict.matmul_dtype, torch.device(cfg.device))
     F, stores = {}, {}
     for s, sae in saes.items():
         stores[s] = P.get_acts(cfg, s, "analysis")
-        F[s] = encode_sparse(sae, stores[s].head(), matmul_dtype=mm)
+        F[s] = encode_sparse(sae, stores[s].head(n_tokens), matmul_dtype=mm)
     a, b = cfg.seed_a, cfg.seed_b
     n_tok = F[a].shape[0]
     counted = counted_mask(np.asarray(F[a].getnnz(axis=0)), n_tok, cfg.analysis.min_count,
@@ -402,7 +405,7 @@ def universality(cfg, saes: dict) -> dict:
         tw = R.activation_twins(F[s], k=8)
         reps[s] = R.twin_clusters(tw, 0.9, F[s].getnnz(axis=0)).representative
     v = R.matching_views(F[a], F[b], reps_a=reps[a], reps_b=reps[b], mask_a=counted, k=cfg.analysis.top_k)
-    NA, NB = stores[a].head(), stores[b].head()
+    NA, NB = stores[a].head(n_tokens), stores[b].head(n_tokens)
     nv = R.matching_views(NA, NB, k=cfg.analysis.top_k)
     out = {"n_analysis_tokens": n_tok, "features": {k: (round(x, 4) if isinstance(x, float) else x)
                                                     for k, x in v.items()},
@@ -452,6 +455,8 @@ def main() -> None:
                     help="measure the pipeline's cached (or newly built) family of this config instead of training")
     ap.add_argument("--only-universality", action="store_true",
                     help="load the dictionaries of earlier calls (or the pipeline's) and run the matching views only")
+    ap.add_argument("--analysis-tokens", type=int, default=None,
+                    help="tokens of the matching views (default: the preset's analysis.n_tokens)")
     ap.add_argument("--preset", default="default", help="config preset (smoke: a quick check of this script)")
     ap.add_argument("--cache-dir", default=None, help="cache folder (default: the preset's)")
     args = ap.parse_args()
@@ -494,7 +499,10 @@ def main() -> None:
             fh.write(json.dumps(row) + "\n")
         saes[seed] = sae
     if args.universality or args.only_universality:
-        u = {"name": args.name, "opts": opts, "universality": universality(cfg, saes)}
+        for seed in (cfg.seed_a, cfg.seed_b):  # a seed trained by an earlier call
+            if seed not in saes:
+                saes[seed] = SparseAutoencoder.load(OUT / args.name / f"seed{seed}")
+        u = {"name": args.name, "opts": opts, "universality": universality(cfg, saes, args.analysis_tokens)}
         print(json.dumps(u), flush=True)
         with open(OUT / "probe.jsonl", "a") as fh:
             fh.write(json.dumps(u) + "\n")

@@ -61,8 +61,8 @@ __all__ = [
 class Twins:
     """Each feature's most similar other features in the same dictionary.
 
-    index: int64 ``[n, k-1]`` other features, most similar first (-1: none).
-    value: float64 ``[n, k-1]`` their similarity (correlation or cosine; NaN where index is -1).
+    index: int64 ``[n, k]`` other features, most similar first (-1: none).
+    value: float64 ``[n, k]`` their similarity (correlation or cosine; NaN where index is -1).
     alive: bool ``[n]`` features that have a similarity at all (non-zero variance / non-zero row).
     kind: "act" or "dec".
     """
@@ -186,7 +186,7 @@ def twin_clusters(twins: Twins, threshold: float = 0.9, counts=None) -> Clusters
     counts = np.zeros(n) if counts is None else np.asarray(counts, dtype=np.float64).reshape(-1)
     if counts.shape[0] != n:
         raise ValueError(f"counts must have one entry per feature ({n}), got {counts.shape[0]}")
-    above = (twins.index >= 0) & (np.nan_to_num(twins.value, nan=-np.inf) > threshold)  # [n, k-1]
+    above = (twins.index >= 0) & (np.nan_to_num(twins.value, nan=-np.inf) > threshold)  # [n, k]
     rows = np.repeat(np.arange(n), twins.index.shape[1])[above.ravel()]
     cols = twins.index.ravel()[above.ravel()]
     G = sp.coo_matrix((np.ones(rows.size), (rows, cols)), shape=(n, n)).tocsr()
