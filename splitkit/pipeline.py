@@ -411,9 +411,15 @@ def trainer_config(cfg: Config):
 
 
 def family_artifact(cfg: Config, store) -> Artifact:
-    """The cache entry of the family trained on activation ``store`` (also used by ``distributed``)."""
-    return _cache(cfg).artifact("dicts", {"dict": cfg.dict.key_dict(), "d_in": store.d},
-                                {"acts": store.folder.name}, VERSIONS["dicts"])
+    """The cache entry of the family trained on activation ``store`` (also used by ``distributed``).
+
+    A recipe with a ``version`` above 0 adds it to the key (the other recipes' keys are unchanged)."""
+    from .train import get_recipe
+
+    params = {"dict": cfg.dict.key_dict(), "d_in": store.d}
+    if get_recipe(cfg.dict.recipe).version:
+        params["recipe_version"] = get_recipe(cfg.dict.recipe).version
+    return _cache(cfg).artifact("dicts", params, {"acts": store.folder.name}, VERSIONS["dicts"])
 
 
 def new_family(cfg: Config, d_in: int) -> list:

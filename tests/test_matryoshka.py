@@ -16,11 +16,11 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
 
 
 def nested_reference(sae, x, prefixes, lam):
-    """The stated loss with autograd: mean over prefixes of each prefix's MSE, plus l1_decnorm's penalty."""
+    """The stated loss with autograd: the sum over prefixes of each prefix's MSE, plus l1_decnorm's penalty."""
     f = sae.encode(x)
     ends = block_ends(sae.n_features, prefixes)
     mses = [(f[:, :m] @ sae.W_dec[:m] + sae.b_dec - x).pow(2).mean() for m in ends]
-    return sum(mses) / len(mses) + lam * (f * sae.W_dec.norm(dim=1)).sum(1).mean(), mses[-1]
+    return sum(mses) + lam * (f * sae.W_dec.norm(dim=1)).sum(1).mean(), mses[-1]
 
 
 def _random_sae(n=96, d=24, seed=1):
@@ -179,7 +179,7 @@ def test_matryoshka_is_a_choice_of_configs_and_command_lines():
         TrainerConfig(recipe="matryoshka", prefixes=(64, 8))
 
 
-def test_pipeline_family_is_one_dictionary_read_as_prefixes(smoke_cfg):
+def test_pipeline_family_is_one_dictionary_read_as_prefixes(smoke_cfg, monkeypatch):
     """get_family with the matryoshka recipe trains one dictionary of the largest size, and every size
     of the family loads as its prefix."""
     from splitkit import pipeline as P
@@ -199,3 +199,10 @@ def test_pipeline_family_is_one_dictionary_read_as_prefixes(smoke_cfg):
     X = torch.from_numpy(P.get_acts(cfg, 0, progress=False).head(4096).astype("float32"))  # training activations
     fvus = [_fvu(fam.sae(m), X) for m in (32, 64, 128)]
     assert fvus[0] > fvus[1] > fvus[2]
+    # The recipe's own version is in its families' key (and only theirs).
+    from splitkit.train.recipes import MatryoshkaRecipe
+
+    store = P.get_acts(cfg, 0, progress=False)
+    key, other = P.family_artifact(cfg, store).key, P.family_artifact(smoke_cfg, store).key
+    monkeypatch.setattr(MatryoshkaRecipe, "version", MatryoshkaRecipe.version + 1)
+    assert P.family_artifact(cfg, store).key != key and P.family_artifact(smoke_cfg, store).key == other

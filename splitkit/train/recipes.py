@@ -34,9 +34,10 @@ methods; adding a recipe is writing one subclass of :class:`Recipe` and decorati
 ``"matryoshka"`` -- Bussmann et al. 2025, *Learning Multi-Level Features with Matryoshka Sparse
     Autoencoders*; Nabeshima 2024, *Matryoshka Sparse Autoencoders*. One dictionary of the family's
     largest size n whose prefixes [0:m_1], ..., [0:n] (the family's sizes) each reconstruct the input
-    on their own: loss = (1/P) sum_p MSE(x, b_dec + f[:, :m_p] @ W_dec[:m_p]) + lambda * sum_i f_i
+    on their own: loss = sum_p MSE(x, b_dec + f[:, :m_p] @ W_dec[:m_p]) + lambda * sum_i f_i
     ||W_dec,i|| (l1_decnorm's penalty, counted once over the whole dictionary). Equal prefix weights,
-    normalised by the number of prefixes P, so lambda stays on the scale of the other recipes' loss.
+    summed as Bussmann et al. do: the finest block's features then face l1_decnorm's trade-off at the
+    same lambda (weights 1/P made the penalty P times heavier for them; ``nested.PREFIX_WEIGHT``).
     Bussmann et al. use BatchTopK; we keep ReLU + l1_decnorm's penalty, schedules and initialisation
     (the step's sparse backward is built for a ReLU threshold, and here TopK leaves most latents
     dead: docs/recipes.md). The step is :func:`splitkit.train.nested.nested_step`; the family's
@@ -162,7 +163,9 @@ class Recipe:
     Class attributes: ``name`` (registry key); ``architecture`` ("relu" or "topk", the
     dictionaries it trains); ``uses_k`` (its sparsity is TopK's k, not lambda); ``resamples``
     (resample dead features at ``TrainerConfig.resolved_resample_steps``); ``unit_norm_decoder``;
-    ``l1_warmup_frac`` / ``lr_decay_frac`` (schedule defaults, shares of the run).
+    ``l1_warmup_frac`` / ``lr_decay_frac`` (schedule defaults, shares of the run); ``version`` (the
+    recipe's own code version: above 0 it enters the cache key of its families, so a change to one
+    recipe's training rebuilds only that recipe's families; bump it when their output changes).
     """
 
     name: ClassVar[str] = ""
@@ -172,6 +175,7 @@ class Recipe:
     unit_norm_decoder: ClassVar[bool] = True
     l1_warmup_frac: ClassVar[float] = 0.0
     lr_decay_frac: ClassVar[float] = 0.0
+    version: ClassVar[int] = 0
 
     # -- initialisation
     @torch.no_grad()
@@ -275,6 +279,7 @@ class MatryoshkaRecipe(L1DecNormRecipe):
     each reconstruct on their own; l1_decnorm's penalty, schedules and initialisation."""
 
     name = "matryoshka"
+    version = 1  # 1: prefix MSEs summed (the first build, at commit 1e55e9c, averaged them)
 
     def family_layout(self, sizes: tuple[int, ...]) -> FamilyLayout:
         """One dictionary of the largest size; every size is one of its prefixes."""
