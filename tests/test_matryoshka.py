@@ -206,3 +206,17 @@ def test_pipeline_family_is_one_dictionary_read_as_prefixes(smoke_cfg, monkeypat
     key, other = P.family_artifact(cfg, store).key, P.family_artifact(smoke_cfg, store).key
     monkeypatch.setattr(MatryoshkaRecipe, "version", MatryoshkaRecipe.version + 1)
     assert P.family_artifact(cfg, store).key != key and P.family_artifact(smoke_cfg, store).key == other
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (run where a GPU is lent)")
+@pytest.mark.parametrize("path", ["dense", "sparse"])
+def test_nested_step_cpu_and_cuda_agree(path):
+    x = torch.randn(80, 24, generator=torch.Generator().manual_seed(5)) * 2
+    grads = {}
+    for dev in ("cpu", "cuda"):
+        sae = _random_sae().to(dev)
+        nested_step(sae, x.to(dev), prefixes=(8, 24, 60), recipe="matryoshka", l1_coeff=0.02,
+                    sparse_density_max=0.0 if path == "dense" else 1.0)
+        grads[dev] = {p: getattr(sae, p).grad.detach().cpu() for p in PARAMS}
+    for p in PARAMS:
+        torch.testing.assert_close(grads["cuda"][p], grads["cpu"][p], rtol=1e-4, atol=1e-5)
