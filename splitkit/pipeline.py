@@ -413,6 +413,7 @@ def trainer_config(cfg: Config):
     n_steps = max(1, dc.n_tokens // dc.batch_size)
     snaps = tuple(sorted({max(1, t // dc.batch_size) for t in dc.snapshot_tokens if t // dc.batch_size < n_steps}))
     return TrainerConfig(recipe=dc.recipe, lr=dc.lr, l1_coeff=dc.l1_coeff,
+                         prefixes=get_recipe(dc.recipe).family_layout(dc.sizes).prefixes,
                          k=dc.k if get_recipe(dc.recipe).uses_k else None, n_steps=n_steps, batch_size=dc.batch_size,
                          matmul_dtype=dc.matmul_dtype, seed=dc.seed, snapshot_steps=snaps,
                          checkpoint_every=dc.checkpoint_every, lr_decay_frac=dc.lr_decay_frac,
@@ -421,25 +422,38 @@ def trainer_config(cfg: Config):
 
 
 def family_artifact(cfg: Config, store) -> Artifact:
-    """The cache entry of the family trained on activation ``store`` (also used by ``distributed``)."""
-    return _cache(cfg).artifact("dicts", {"dict": cfg.dict.key_dict(), "d_in": store.d},
-                                {"acts": store.folder.name}, VERSIONS["dicts"])
+    """The cache entry of the family trained on activation ``store`` (also used by ``distributed``).
+
+    A recipe with a ``version`` above 0 adds it to the key (the other recipes' keys are unchanged)."""
+    from .train import get_recipe
+
+    params = {"dict": cfg.dict.key_dict(), "d_in": store.d}
+    if get_recipe(cfg.dict.recipe).version:
+        params["recipe_version"] = get_recipe(cfg.dict.recipe).version
+    return _cache(cfg).artifact("dicts", params, {"acts": store.folder.name}, VERSIONS["dicts"])
 
 
 def new_family(cfg: Config, d_in: int) -> list:
-    """Freshly initialised dictionaries of the family, one per size, in ``cfg.dict.sizes`` order."""
+    """Freshly initialised dictionaries the family trains, in ``cfg.dict.sizes`` order: one per size, or
+    what the recipe's ``family_layout`` says (a nested recipe: one of the largest size, whose prefixes
+    are the other sizes and are saved as dictionaries of their own when training ends)."""
     from .sae import SAEConfig, SparseAutoencoder
     from .train import get_recipe
 
     recipe = get_recipe(cfg.dict.recipe)
     return [SparseAutoencoder(SAEConfig(d_in=d_in, n_features=n, architecture=recipe.architecture,
                                         k=cfg.dict.k if recipe.uses_k else None, seed=cfg.dict.seed))
-            for n in cfg.dict.sizes]
+            for n in recipe.family_layout(cfg.dict.sizes).trained]
 
 
 def finish_family(work: Path, tcfg, res: dict) -> None:
-    """Write the family's train summary and drop its resume state (checkpoints, per-process parts)."""
+    """Write the prefix dictionaries of a nested recipe (again: per-process parts publish only the
+    trained members), the family's train summary, and drop its resume state (checkpoints, parts)."""
     import shutil
+
+    from .train.checkpoint import write_family_views
+
+    write_family_views(work, {name: rec["n_features"] for name, rec in res["saes"].items()}, tcfg)
 
     atomic_write_json(work / "train_summary.json", {"trainer": tcfg.to_dict(), **res})
     for f in [*work.glob("checkpoint*"), work / "parts"]:

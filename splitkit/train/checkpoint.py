@@ -27,6 +27,40 @@ def write_member(m: Member, folder: Path, step: int, with_training_state: bool) 
         atomic_write_json(folder / "state.json", m.state_json(step))  # last: marks the folder complete
 
 
+def write_views(folder: Path, members: dict[str, int], cfg: TrainerConfig) -> list[int]:
+    """Save each member's prefix dictionaries (``cfg.prefixes`` below its size) beside it in ``folder``.
+
+    ``folder``: a ``final/`` or ``snapshots/step_k/`` folder holding the members' saved folders;
+    ``members``: name -> n_features. Prefix m goes to ``folder/sae_{m}`` with the first m entries of
+    the member's firing counts. Rewrites what is there (so it can run again after the members'
+    folders moved, as ``distributed`` does). Returns the sizes written; none without prefixes.
+    """
+    from .nested import prefix_dictionary
+
+    written = []
+    for name, n in members.items():
+        views = [m for m in cfg.prefixes if m < n]
+        src = folder / name
+        if not views or not (src / "cfg.json").is_file():
+            continue
+        sae = SparseAutoencoder.load(src)
+        dens = load_file(str(src / "density.safetensors"))
+        for m in views:
+            dst = folder / f"sae_{m}"
+            prefix_dictionary(sae, m).save(dst)
+            atomic_save_tensors(dst / "density.safetensors",
+                                {k: (v[:m].contiguous() if k.endswith("_counts") else v) for k, v in dens.items()})
+            written.append(m)
+    return written
+
+
+def write_family_views(out_dir: Path, members: dict[str, int], cfg: TrainerConfig) -> None:
+    """:func:`write_views` in ``out_dir/final`` and every ``out_dir/snapshots/step_*``."""
+    for folder in [out_dir / "final", *sorted((out_dir / "snapshots").glob("step_*"))]:
+        if folder.is_dir():
+            write_views(folder, members, cfg)
+
+
 def save_checkpoint(out_dir: Path, step: int, members: list[Member], cfg: TrainerConfig,
                      elapsed_s: float = 0.0) -> None:
     folder = out_dir / f"checkpoint_step{step:09d}"

@@ -28,6 +28,8 @@ class TrainerConfig:
     sparse_density_max: use the sparse backward when at most this share of (token, feature) pairs
     is active (the measured break-even on 2 CPU cores was 12-15%). chunk_elems: largest [rows, n]
     block held at once (bounds memory for large n).
+    prefixes: the prefix sizes a nested recipe trains every dictionary as (``Recipe.family_layout``;
+    the prefixes below a dictionary's size are also saved beside it); () for the other recipes.
     snapshot_steps: after these many steps, save a copy of every dictionary. checkpoint_every:
     steps between checkpoints (0: only at the end). log_every: steps between logged metrics.
     """
@@ -53,13 +55,14 @@ class TrainerConfig:
     sparse_density_max: float = 0.1
     chunk_elems: int = 1 << 26
     seed: int = 0
+    prefixes: tuple[int, ...] = ()
     snapshot_steps: tuple[int, ...] = ()
     checkpoint_every: int = 0
     log_every: int = 10
 
     def __post_init__(self) -> None:
         # Tuples may arrive as lists (from JSON): store tuples so the config stays hashable.
-        for name in ("resample_steps", "resample_fracs", "snapshot_steps"):
+        for name in ("resample_steps", "resample_fracs", "snapshot_steps", "prefixes"):
             value = getattr(self, name)
             if isinstance(value, list):
                 object.__setattr__(self, name, tuple(value))
@@ -93,6 +96,9 @@ class TrainerConfig:
                              f"got {self.resample_steps}")
         if any(not 0 < f < 1 for f in self.resample_fracs):
             raise ValueError(f"TrainerConfig.resample_fracs must lie in (0, 1), got {self.resample_fracs}")
+        p = self.prefixes
+        if any(not isinstance(v, int) or isinstance(v, bool) or v < 1 for v in p) or list(p) != sorted(set(p)):
+            raise ValueError(f"TrainerConfig.prefixes must be ascending distinct positive ints, got {p}")
         if any(not 0 < s <= self.n_steps for s in self.snapshot_steps):
             raise ValueError(f"TrainerConfig.snapshot_steps must lie in (0, n_steps={self.n_steps}], "
                              f"got {self.snapshot_steps}")
@@ -146,7 +152,7 @@ class TrainerConfig:
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
-        for name in ("resample_steps", "resample_fracs", "snapshot_steps"):
+        for name in ("resample_steps", "resample_fracs", "snapshot_steps", "prefixes"):
             if out[name] is not None:
                 out[name] = list(out[name])
         return out

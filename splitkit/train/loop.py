@@ -11,7 +11,7 @@ from ..progress import bar as tqdm
 
 from ..precision import matmul_dtype
 from ..sae import SparseAutoencoder, atomic_write_json
-from .checkpoint import CHECKPOINT_POINTER, load_checkpoint, save_checkpoint, write_member
+from .checkpoint import CHECKPOINT_POINTER, load_checkpoint, save_checkpoint, write_member, write_views
 from .config import TrainerConfig
 from .member import Member, StepReducer, member_names, train_member_step
 from .resample import resample, sample_inputs
@@ -55,6 +55,10 @@ class FamilyTrainer:
         self.device = torch.device(device)
         self.mm_dtype = matmul_dtype(cfg.matmul_dtype, self.device)
         names = member_names(saes)
+        clash = sorted({f"sae_{p}" for s in saes for p in cfg.prefixes if p < s.n_features} & set(names))
+        if clash:
+            raise ValueError(f"train_family: prefix dictionaries {clash} would overwrite members of the same name; "
+                             "train one dictionary per nested family")
         for s in saes:
             s.to(self.device)
         self.members = [Member(s, name, cfg, self.device) for s, name in zip(saes, names)]
@@ -97,10 +101,16 @@ class FamilyTrainer:
                 snap = self.out / "snapshots" / f"step_{done}"
                 for m in self.members:
                     write_member(m, snap / m.name, done, with_training_state=False)
+                write_views(snap, self.member_sizes, cfg)
                 atomic_write_json(snap / "snapshot.json", {"step": done, "tokens": self.members[0].tokens_seen,
                                                            "elapsed_s": self.elapsed_total})
             if (cfg.checkpoint_every and done % cfg.checkpoint_every == 0) or done == cfg.n_steps:
                 save_checkpoint(self.out, done, self.members, cfg, self.elapsed_total)
+
+    @property
+    def member_sizes(self) -> dict[str, int]:
+        """Member name -> n_features."""
+        return {m.name: m.sae.n_features for m in self.members}
 
     @property
     def elapsed_total(self) -> float:
@@ -124,6 +134,7 @@ class FamilyTrainer:
         if self.out is not None:
             for m in self.members:
                 write_member(m, self.out / "final" / m.name, self.step, with_training_state=False)
+            write_views(self.out / "final", self.member_sizes, self.cfg)
             atomic_write_json(self.out / "train_log.json", result)
         return result
 
@@ -137,7 +148,8 @@ def train_family(saes: list[SparseAutoencoder], source: ActivationSource, cfg: T
     With ``out_dir``: checkpoints every ``cfg.checkpoint_every`` steps and at the end (resumed
     automatically when ``out_dir`` holds one), snapshots at ``cfg.snapshot_steps`` in
     ``out_dir/snapshots/step_{k}/sae_{n}/``, and the trained dictionaries with their firing counts
-    in ``out_dir/final/sae_{n}/``. Returns ``{"step", "tokens", "elapsed_s", "tokens_per_s",
+    in ``out_dir/final/sae_{n}/``; a nested recipe's prefixes (``cfg.prefixes``) below a dictionary's
+    size are saved beside it as ``sae_{m}`` (:func:`~.checkpoint.write_views`). Returns ``{"step", "tokens", "elapsed_s", "tokens_per_s",
     "matmul_dtype", "saes": {name: {"n_features", "tokens_seen", "log": {step, loss, mse, l1, aux,
     l0, sparse}, "resamples": [{step, dead_before, n_resampled, dead_after}], "dead",
     "last_window_tokens"}}}`` (names: ``sae_{n}``, or ``sae_{n}_seed{s}`` when sizes repeat).

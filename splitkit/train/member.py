@@ -8,7 +8,7 @@ import torch
 
 from ..sae import SparseAutoencoder
 from .config import TrainerConfig
-from .step import Buffers, StepStats, sae_step
+from .step import Buffers, StepStats
 
 PARAMS = ("W_enc", "b_enc", "W_dec", "b_dec")
 TRAINER_FORMAT_VERSION = 1
@@ -158,9 +158,8 @@ def train_member_step(m: Member, x: torch.Tensor, step: int, cfg: TrainerConfig,
     sae = m.sae
     recipe = cfg.recipe_object
     dead_mask = recipe.aux_latents(m.steps_since_fired, cfg.resolved_dead_window)
-    st = sae_step(sae, x if reducer is None else reducer.shard(x), recipe=recipe, l1_coeff=cfg.l1_at(step),
-                  mm_dtype=mm_dtype, sparse_density_max=cfg.sparse_density_max, chunk_elems=cfg.chunk_elems,
-                  dead_mask=dead_mask, aux_k=cfg.aux_k, aux_coeff=cfg.aux_coeff, buffers=m.buffers)
+    st = recipe.step(sae, x if reducer is None else reducer.shard(x), cfg, l1_coeff=cfg.l1_at(step),
+                     mm_dtype=mm_dtype, dead_mask=dead_mask, buffers=m.buffers)
     if reducer is not None:
         st = reducer.reduce(sae, st)  # whole-batch gradients and counts, identical on every process
     recipe.constrain_gradient(sae)

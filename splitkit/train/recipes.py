@@ -31,16 +31,31 @@ methods; adding a recipe is writing one subclass of :class:`Recipe` and decorati
     between the main residual e = x - x_hat (held fixed) and its reconstruction from the top
     k_aux = d_in/2 pre-activations among dead latents (dead = no firing in the window). Unit-norm
     decoder with the parallel gradient removed; b_dec at the geometric median.
+``"matryoshka"`` -- Bussmann et al. 2025, *Learning Multi-Level Features with Matryoshka Sparse
+    Autoencoders*; Nabeshima 2024, *Matryoshka Sparse Autoencoders*. One dictionary of the family's
+    largest size n whose prefixes [0:m_1], ..., [0:n] (the family's sizes) each reconstruct the input
+    on their own: loss = sum_p MSE(x, b_dec + f[:, :m_p] @ W_dec[:m_p]) + lambda * sum_i f_i
+    ||W_dec,i|| (l1_decnorm's penalty, counted once over the whole dictionary). Equal prefix weights,
+    summed as Bussmann et al. do: the finest block's features then face l1_decnorm's trade-off at the
+    same lambda (weights 1/P made the penalty P times heavier for them; ``nested.PREFIX_WEIGHT``).
+    Bussmann et al. use BatchTopK; we keep ReLU + l1_decnorm's penalty, schedules and initialisation
+    (the step's sparse backward is built for a ReLU threshold, and here TopK leaves most latents
+    dead: docs/recipes.md). The step is :func:`splitkit.train.nested.nested_step`; the family's
+    smaller sizes are saved as prefix dictionaries beside the trained one
+    (:meth:`Recipe.family_layout`, :func:`splitkit.train.nested.prefix_dictionary`).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar
 
 import torch
 
 if TYPE_CHECKING:
     from ..sae import SparseAutoencoder
+    from .config import TrainerConfig
+    from .step import Buffers, StepStats
 
 _REGISTRY: dict[str, "Recipe"] = {}
 
@@ -131,13 +146,26 @@ class DecoderNormL1Penalty(L1Penalty):
 # ---------------------------------------------------------------------------------------------
 # Recipes
 # ---------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class FamilyLayout:
+    """How a family of sizes is trained: ``trained``, the sizes of the dictionaries actually trained;
+    ``prefixes``, the prefix sizes every trained dictionary is trained (and saved) as, ascending
+    (empty: none; a nested recipe's prefixes smaller than a dictionary are saved beside it as
+    dictionaries of their own, ``sae_{m}``)."""
+
+    trained: tuple[int, ...]
+    prefixes: tuple[int, ...] = ()
+
+
 class Recipe:
     """How a family is trained. Subclasses set the class attributes and override what differs.
 
     Class attributes: ``name`` (registry key); ``architecture`` ("relu" or "topk", the
     dictionaries it trains); ``uses_k`` (its sparsity is TopK's k, not lambda); ``resamples``
     (resample dead features at ``TrainerConfig.resolved_resample_steps``); ``unit_norm_decoder``;
-    ``l1_warmup_frac`` / ``lr_decay_frac`` (schedule defaults, shares of the run).
+    ``l1_warmup_frac`` / ``lr_decay_frac`` (schedule defaults, shares of the run); ``version`` (the
+    recipe's own code version: above 0 it enters the cache key of its families, so a change to one
+    recipe's training rebuilds only that recipe's families; bump it when their output changes).
     """
 
     name: ClassVar[str] = ""
@@ -147,6 +175,7 @@ class Recipe:
     unit_norm_decoder: ClassVar[bool] = True
     l1_warmup_frac: ClassVar[float] = 0.0
     lr_decay_frac: ClassVar[float] = 0.0
+    version: ClassVar[int] = 0
 
     # -- initialisation
     @torch.no_grad()
@@ -156,6 +185,21 @@ class Recipe:
         centre = geometric_median(sample)
         for sae in saes:
             sae.b_dec.copy_(centre)
+
+    # -- the family's layout
+    def family_layout(self, sizes: tuple[int, ...]) -> FamilyLayout:
+        """The dictionaries a family of ``sizes`` trains: one per size, no prefixes."""
+        return FamilyLayout(trained=tuple(int(s) for s in sizes))
+
+    # -- one step
+    def step(self, sae: "SparseAutoencoder", x: torch.Tensor, cfg: "TrainerConfig", *, l1_coeff: float,
+             mm_dtype: torch.dtype, dead_mask: torch.Tensor | None, buffers: "Buffers | None") -> "StepStats":
+        """Forward and backward of batch ``x [B, d]`` (fills the parameters' ``.grad``): :func:`~.step.sae_step`."""
+        from .step import sae_step  # step imports this module
+
+        return sae_step(sae, x, recipe=self, l1_coeff=l1_coeff, mm_dtype=mm_dtype,
+                        sparse_density_max=cfg.sparse_density_max, chunk_elems=cfg.chunk_elems, dead_mask=dead_mask,
+                        aux_k=cfg.aux_k, aux_coeff=cfg.aux_coeff, buffers=buffers)
 
     # -- the loss
     def penalty(self, W_dec: torch.Tensor, l1_coeff: float, batch: int) -> L1Penalty:
@@ -227,3 +271,24 @@ class TopKRecipe(Recipe):
 
     def aux_latents(self, steps_since_fired: torch.Tensor, dead_window: int) -> torch.Tensor | None:
         return steps_since_fired >= dead_window
+
+
+@register
+class MatryoshkaRecipe(L1DecNormRecipe):
+    """Bussmann et al. (2025), Nabeshima (2024): one dictionary whose prefixes (the family's sizes)
+    each reconstruct on their own; l1_decnorm's penalty, schedules and initialisation."""
+
+    name = "matryoshka"
+    version = 1  # 1: prefix MSEs summed (the first build, at commit 1e55e9c, averaged them)
+
+    def family_layout(self, sizes: tuple[int, ...]) -> FamilyLayout:
+        """One dictionary of the largest size; every size is one of its prefixes."""
+        prefixes = tuple(sorted({int(s) for s in sizes}))
+        return FamilyLayout(trained=(prefixes[-1],), prefixes=prefixes)
+
+    def step(self, sae: "SparseAutoencoder", x: torch.Tensor, cfg: "TrainerConfig", *, l1_coeff: float,
+             mm_dtype: torch.dtype, dead_mask: torch.Tensor | None, buffers: "Buffers | None") -> "StepStats":
+        from .nested import nested_step
+
+        return nested_step(sae, x, prefixes=cfg.prefixes, recipe=self, l1_coeff=l1_coeff, mm_dtype=mm_dtype,
+                           sparse_density_max=cfg.sparse_density_max, chunk_elems=cfg.chunk_elems, buffers=buffers)
