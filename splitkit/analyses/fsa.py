@@ -47,7 +47,7 @@ length-n accumulator and emitting only the candidates; the scipy engine (no numb
 products of the shifted activation patterns, chunked over source units so each chunk's output stays
 bounded. Dense inputs (neurons, ``n <= 4096``) accumulate ``[n, n]`` counts from token blocks.
 
-Thresholds (defaults in :class:`FSAConfig`): on the planted tests and the synthetic benchmark the
+Thresholds (defaults in :class:`splitkit.config.FSAConfig`, presets ``FSA_PRESETS``): on the planted tests and the synthetic benchmark the
 shuffled null keeps no edge at the defaults, and its 99.9% pmi quantile lies below ``min_pmi``;
 ``null_summary`` reports those figures for any run so the defaults can be checked on real data.
 """
@@ -64,6 +64,8 @@ import pandas as pd
 import scipy.sparse as sp
 from scipy.stats import poisson
 
+from ..config import FSAConfig  # noqa: F401  (the section lives with the others; imported from here too)
+
 try:  # numba ships with umap-learn; the scipy engine gives the same numbers without it
     import numba
 
@@ -75,46 +77,6 @@ DENSE_MAX_UNITS = 4096
 NULL_QUANTILES = (0.5, 0.9, 0.99, 0.999, 1.0)
 EDGE_COLUMNS = ("src", "dst", "count", "n_src", "n_dst", "lift", "pmi", "cond_prob", "log10_p", "mech", "attribution",
                 "attribution_mean", "kept")
-
-
-@dataclass(frozen=True)
-class FSAConfig:
-    """Thresholds and bounds of the automaton search (defaults: see the module docstring)."""
-
-    min_count: int = 5  # co-occurrences of (X at t, Y at t+1) for a candidate pair
-    # candidates also need pmi above this (lift > 1.65): pairs near chance are dropped inside the pair
-    # loop, so the candidate list stays small at large n and long token streams (at 16,384 x 1M
-    # synthetic tokens a floor of 0 keeps 10.6M pairs); None keeps every pair with min_count
-    candidate_pmi: float | None = 0.5
-    min_pmi: float = 1.0  # ln lift: Y follows X at least e times more often than by chance
-    min_mech: float = 2.0  # X raises Y's tokens by two standard deviations of its logit effects or more
-    min_attribution: float = 0.0  # mean attribution per co-occurrence must be positive
-    alpha: float = 0.01  # family-wise level of the co-occurrence test over the n^2 ordered pairs
-    top_m: int = 8  # tokens in a unit's token class (mechanistic weight, transition inputs, labels)
-    active_threshold: float = 0.0
-    max_cycle_len: int = 8
-    max_cycles: int = 200  # simple cycles enumerated at most (the count can grow exponentially)
-    min_chain: int = 3  # states in a chain ("longer than two")
-    weight: str = "pmi"  # edge attribute that ranks automata: pmi, mech or attribution_mean
-    null_seed: int = 0
-    work_per_chunk: int = 1 << 26  # multiply-adds per sparse product chunk (bounds its output too)
-    engine: str = "auto"  # sparse inputs: numba (fused, one pass) or scipy (SpGEMM); auto: numba if present
-
-    def __post_init__(self):
-        if self.min_count < 1:
-            raise ValueError(f"min_count must be >= 1, got {self.min_count}")
-        if not 0 < self.alpha <= 1:
-            raise ValueError(f"alpha must be in (0, 1], got {self.alpha}")
-        if self.top_m < 1:
-            raise ValueError(f"top_m must be >= 1, got {self.top_m}")
-        if self.weight not in ("pmi", "mech", "attribution_mean"):
-            raise ValueError(f"weight must be pmi, mech or attribution_mean, got {self.weight!r}")
-        if self.engine not in ("auto", "numba", "scipy"):
-            raise ValueError(f"engine must be auto, numba or scipy, got {self.engine!r}")
-        if self.engine == "numba" and not HAVE_NUMBA:
-            raise ValueError("engine='numba' needs numba installed; use engine='scipy'")
-        if self.max_cycle_len < 2 or self.min_chain < 3:
-            raise ValueError("max_cycle_len must be >= 2 and min_chain >= 3")
 
 
 def _default_decode(ids) -> list[str]:
