@@ -60,7 +60,8 @@ def analyse_basis(acts, token_ids, next_ok, logit_eff, fcfg: FSAConfig, decode=N
     """One basis (features or neurons) of one run: graph with null, automata, transition tables of the
     top ``n_top``, and the predictive check of a graph fitted on the first ``fit_frac`` of the tokens.
 
-    Returns ``{graph: FSAGraph, automata, transitions: {rank: DataFrame}, predictive, fit: {...}, timings}``.
+    Returns ``{graph: FSAGraph, automata, transitions: {rank: DataFrame}, predictive, promoted_ids [n, 5]
+    (the tokens each unit raises most), fit: {...}, timings}``.
     """
     t0 = time.perf_counter()
     fg = fsa.build_graph(acts, token_ids, next_ok, logit_eff, fcfg, decode=decode, null=True)
@@ -77,6 +78,7 @@ def analyse_basis(acts, token_ids, next_ok, logit_eff, fcfg: FSAConfig, decode=N
     pred = fsa.predictive_table(acts, next_ok, fit_auto, fcfg.fit_frac, fcfg.active_threshold, fcfg.max_predict)
     t3 = time.perf_counter()
     return {"graph": fg, "automata": auto, "transitions": trans, "predictive": pred,
+            "promoted_ids": fsa.promoted_tokens(logit_eff, 5),
             "fit": {"cut": cut, "n_edges": int(fit.graph.number_of_edges()), "n_automata": int(len(fit_auto)),
                     "automata": fit_auto},
             "timings": {"graph_s": t1 - t0, "automata_s": t2 - t1, "predictive_s": t3 - t2}}

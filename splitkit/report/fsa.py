@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 
 import networkx as nx
@@ -26,7 +27,7 @@ import pandas as pd
 from ..cache import atomic_write_bytes, atomic_write_json
 from ..provenance import provenance
 from .common import save_figure, write_table
-from .escape import csv_safe, md_code, md_row, md_text, mpl_text
+from .escape import Markdown, csv_safe, md_code, md_row, md_text, mpl_text
 from .graphs import rgba255, write_gexf, write_graphml
 
 PALETTE = ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown", "tab:pink", "tab:olive",
@@ -69,11 +70,22 @@ def write_tables(df: pd.DataFrame, stem: Path, csv: bool = True) -> None:
         tmp.replace(stem.with_suffix(".csv"))
 
 
+def show_token(text: str) -> str:
+    """A token for a label: escapes as ``repr`` shows them (``\\n``, ``\\t``), a space as ``␣`` and a run of
+    k >= 2 spaces as ``␣k``, so indentation tokens stay short and whitespace stays visible."""
+    body = repr(text)[1:-1]
+    return re.sub(r" {2,}| ", lambda m: "\u2423" if len(m[0]) == 1 else f"\u2423{len(m[0])}", body)
+
+
 def short_label(fg, u: int, k: int = 3) -> str:
-    """``"<unit>: 'tok' 'tok' 'tok'"``: the unit's top activating tokens, whitespace made visible."""
+    """``"<unit>: tok tok tok"``: the unit's top activating tokens (:func:`show_token`)."""
     ids = [int(i) for i in fg.token_class[u][:k] if i >= 0]
-    toks = " ".join(repr(s) for s in fg.decode(ids))
-    return f"{u}: {toks}"
+    return f"{u}: " + " ".join(show_token(t) for t in fg.decode(ids))
+
+
+def promoted_label(fg, promoted_ids, u: int, k: int = 3) -> str:
+    """The ``k`` tokens unit ``u`` raises most (``promoted_ids: [n, >= k]``), as :func:`show_token` shows them."""
+    return " ".join(show_token(t) for t in fg.decode([int(i) for i in promoted_ids[u][:k]]))
 
 
 def membership(automata: pd.DataFrame) -> dict[int, int]:
@@ -247,7 +259,7 @@ def _write_basis(folder: Path, b: dict, run: str, basis: str, n_top: int) -> dic
         top.append({"automaton": k, "kind": r["kind"], "n_states": int(r["n_states"]), "n_edges": int(r["n_edges"]),
                     "weight": float(r["weight"]), "mean_pmi": float(r["mean_pmi"]), "mean_mech": float(r["mean_mech"]),
                     "states": states, "state_labels": [short_label(fg, u) for u in states],
-                    "promoted": [fg.graph.nodes[u]["promoted"] for u in states],
+                    "promoted": [promoted_label(fg, b["promoted_ids"], u) for u in states],
                     "figures": [f"{run}/{basis}/{f}" for f in figs]})
     kinds = auto["kind"].value_counts().to_dict() if len(auto) else {}
     return {"n_units": int(len(fg.nodes)), "n_pairs": int(fg.n_pairs), "n_candidates": int(len(fg.edges)),
@@ -295,10 +307,11 @@ def write_fsa(out, res: dict, cfg, extra: dict | None = None) -> dict:
 
 # --- report.md ------------------------------------------------------------------------------------
 
-def _f(v, nd=3):
+def _f(v, nd=3) -> Markdown:
+    """A number for a table cell (our own formatting of a number: safe Markdown as it is)."""
     if v is None or (isinstance(v, float) and not math.isfinite(v)):
-        return "n/a"
-    return f"{v:.{nd}f}" if isinstance(v, float) else str(v)
+        return Markdown("n/a")
+    return Markdown(f"{v:.{nd}f}" if isinstance(v, float) else str(v))
 
 
 def _report(s: dict) -> str:
