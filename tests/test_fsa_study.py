@@ -42,8 +42,9 @@ def test_neuron_csr_is_the_thresholded_store():
             return self.x[a:b].astype(np.float32)
 
     x = np.random.default_rng(0).normal(0, 0.3, (1000, 5)).clip(0).astype(np.float16)
-    m = fsa_run.neuron_csr(Store(x), 900, 0.1, chunk=128)
-    want = np.where(x[:900] > 0.1, x[:900].astype(np.float32), 0)
+    x[::7, 2] = 0.25  # exactly at the threshold: not active ("above", as in the core's active_threshold)
+    m = fsa_run.neuron_csr(Store(x), 900, 0.25, chunk=128)
+    want = np.where(x[:900] > 0.25, x[:900].astype(np.float32), 0)
     assert sp.issparse(m) and m.shape == (900, 5) and m.nnz == int((want > 0).sum())
     np.testing.assert_array_equal(m.toarray(), want)
 
