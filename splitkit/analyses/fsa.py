@@ -36,7 +36,9 @@ Edge weights of X -> Y (candidate pairs: ``count >= min_count`` and ``pmi > cand
 
 An edge is *kept* when ``count >= min_count``, ``pmi >= min_pmi``, ``log10_p <= log10(alpha / n^2)``
 (Bonferroni over all ordered pairs), ``mech >= min_mech`` and ``attribution_mean > min_attribution``:
-it must be frequent beyond chance and carried by the direct path. The null (:func:`build_graph` with
+it must be frequent beyond chance and carried by the direct path; with ``min_cond_prob`` also
+``cond_prob >= min_cond_prob``, and with ``max_out`` each source keeps only its ``max_out`` kept edges
+of highest ``cond_prob`` (ties: ``pmi``), the same rule for the null. The null (:func:`build_graph` with
 ``null=True``) recomputes every statistic after a seeded shuffle of the token order (activations and
 token ids permuted together, so per-unit densities and token classes are unchanged and only the
 order is lost); its quantiles and its number of kept edges are what the default thresholds are judged by.
@@ -471,8 +473,18 @@ def _edge_table(prep: _Prepared, cfg: FSAConfig, shuffle_seed: int | None) -> tu
                        "pmi": np.log(lift), "cond_prob": c / ns, "log10_p": log10_p,
                        "mech": _mech(s, d, prep.L, prep.ids, prep.w), "attribution": att, "attribution_mean": att / c})
     n = prep.L.shape[0]
-    df["kept"] = ((df["pmi"] >= cfg.min_pmi) & (df["log10_p"] <= np.log10(cfg.alpha / (n * n)))
-                  & (df["mech"] >= cfg.min_mech) & (df["attribution_mean"] > cfg.min_attribution))
+    kept = ((df["pmi"] >= cfg.min_pmi) & (df["log10_p"] <= np.log10(cfg.alpha / (n * n)))
+            & (df["mech"] >= cfg.min_mech) & (df["attribution_mean"] > cfg.min_attribution)
+            & (df["cond_prob"] >= cfg.min_cond_prob)).to_numpy()
+    if cfg.max_out is not None and kept.any():
+        # each source keeps its max_out most likely successors (cond_prob, then pmi): on real text most
+        # features have dozens of significant successors, and only this sparsity leaves readable cycles
+        k = df.loc[kept, ["src", "cond_prob", "pmi"]].sort_values(["src", "cond_prob", "pmi"],
+                                                                   ascending=[True, False, False], kind="stable")
+        rank = k.groupby("src").cumcount()
+        kept[:] = False
+        kept[rank.index[rank.to_numpy() < cfg.max_out].to_numpy()] = True
+    df["kept"] = kept
     return df, N
 
 
@@ -755,13 +767,17 @@ def predictive_check(acts, next_ok, states, edges, fit_frac: float = 0.8, active
     cut = int(fit_frac * n_tok)
     fit, test = t[t < cut], t[t >= cut]
 
-    def on(pos):  # [len(pos), k]: which states fire at t+1
-        return S[pos + 1].toarray() > 0
+    B = S.copy()
+    B.data[:] = 1.0  # which states fire, [n_tokens, k] sparse: no dense [positions, k] array at large k
 
-    nxt_fit = on(fit)
-    trans = np.zeros((k, k))
-    np.add.at(trans, cur[fit], nxt_fit.astype(np.float64))
-    base = int(nxt_fit.sum(0).argmax()) if len(fit) else 0
+    def fires(pos, col):  # bool [len(pos)]: state col[i] fires at pos[i] + 1
+        R = B[pos + 1]
+        return np.asarray(R[np.arange(len(pos)), col]).ravel() > 0
+
+    nxt_fit = B[fit + 1]  # [len(fit), k]
+    cur_1h = sp.csr_matrix((np.ones(len(fit)), (cur[fit], np.arange(len(fit)))), shape=(k, len(fit)))
+    trans = np.asarray((cur_1h @ nxt_fit).todense())  # [k, k] transitions counted on the fit part
+    base = int(np.asarray(nxt_fit.sum(0)).ravel().argmax()) if len(fit) else 0
     pos = {s: i for i, s in enumerate(states)}
     allowed = np.zeros((k, k), bool)
     for a, b in edges:
@@ -769,9 +785,8 @@ def predictive_check(acts, next_ok, states, edges, fit_frac: float = 0.8, active
             allowed[pos[int(a)], pos[int(b)]] = True
     scored = np.where(allowed, trans, -1.0)
     pred = np.where(allowed.any(1), scored.argmax(1), base)
-    nxt_test = on(test)
-    acc = float(nxt_test[np.arange(len(test)), pred[cur[test]]].mean()) if len(test) else float("nan")
-    base_acc = float(nxt_test[:, base].mean()) if len(test) else float("nan")
+    acc = float(fires(test, pred[cur[test]]).mean()) if len(test) else float("nan")
+    base_acc = float(fires(test, np.full(len(test), base)).mean()) if len(test) else float("nan")
     return {"accuracy": acc, "baseline_accuracy": base_acc, "n_fit": int(len(fit)), "n_test": int(len(test)),
             "cut": cut}
 
