@@ -39,6 +39,10 @@ def main(argv=None) -> int:
                    help="X's standardised logit effect on Y's tokens (default: the preset's)")
     g.add_argument("--alpha", type=float, default=None,
                    help="family-wise level of the co-occurrence test over all ordered pairs (default: the preset's)")
+    g.add_argument("--min-cond-prob", type=float, default=None,
+                   help="P(Y at t+1 | X at t) at least this (default: the preset's)")
+    g.add_argument("--max-out", type=int, default=None,
+                   help="each feature keeps only its most likely successors, this many (default: the preset's)")
     g.add_argument("--neuron-threshold", type=float, default=None,
                    help="activation above which a neuron is active (default: the preset's)")
     g.add_argument("--top", type=int, default=None, help="automata drawn and exported one by one (default: the preset's)")
@@ -57,7 +61,8 @@ def main(argv=None) -> int:
         if args.tokens is not None:
             over["n_tokens"] = parse_token_count(args.tokens, "--tokens")
         for flag, key in (("min_count", "min_count"), ("min_pmi", "min_pmi"), ("min_mech", "min_mech"),
-                          ("alpha", "alpha"), ("neuron_threshold", "neuron_threshold"), ("top", "n_top")):
+                          ("alpha", "alpha"), ("min_cond_prob", "min_cond_prob"), ("max_out", "max_out"),
+                          ("neuron_threshold", "neuron_threshold"), ("top", "n_top")):
             v = getattr(args, flag)
             if v is not None:
                 over[key] = v

@@ -31,6 +31,33 @@ def test_next_ok_by_hand():
     assert ok.tolist() == [True, True, True, False, False, True, True, False, True, False]
 
 
+def test_likely_successors_rule():
+    """X (0) is followed by Y (1) every time and by Z (2) every other time: cond_prob 1 and 0.5."""
+    from splitkit.analyses import fsa
+    from splitkit.config import FSAConfig
+
+    T = 400
+    A = np.zeros((T, 3), np.float32)
+    A[0::4, 0] = 1  # X at 0, 4, 8, ...
+    A[1::4, 1] = 1  # Y right after each X
+    A[1::8, 2] = 1  # Z after every other X
+    toks = np.arange(T) % 4
+    ok = np.ones(T, bool)
+    ok[-1] = False
+    L = np.zeros((3, 4), np.float32)
+    L[0, 1] = 1.0  # X promotes token 1, on which Y and Z fire
+    loose = dict(min_count=1, candidate_pmi=None, min_pmi=-10, min_mech=-10, min_attribution=-10, alpha=1.0)
+
+    def kept(**kw):
+        e, _ = fsa.edge_stats(sp.csr_matrix(A), toks, ok, L, FSAConfig(**loose, **kw))
+        return sorted(zip(e.loc[e["kept"], "src"], e.loc[e["kept"], "dst"]))
+
+    assert kept() == [(0, 1), (0, 2)]
+    assert kept(max_out=1) == [(0, 1)]  # the more likely successor
+    assert kept(min_cond_prob=0.6) == [(0, 1)]
+    assert kept(min_cond_prob=0.4, max_out=2) == [(0, 1), (0, 2)]
+
+
 def test_neuron_csr_is_the_thresholded_store():
     class Store:  # the part of ActivationStore neuron_csr reads
         d = 5
@@ -166,7 +193,8 @@ def test_a_copy_of_run_a_is_found_again(smoke_cfg):
 def test_bad_options_are_one_line_errors(smoke_cfg, capsys):
     for argv, needle in ((["--runs", "A,C"], "--runs"), (["--runs", "A,A"], "--runs"), (["--size", "0"], "--size"),
                          (["--min-count", "0"], "min_count"), (["--alpha", "2"], "alpha"),
-                         (["--tokens", "lots"], "--tokens"), (["--neuron-threshold", "-1"], "neuron_threshold")):
+                         (["--tokens", "lots"], "--tokens"), (["--neuron-threshold", "-1"], "neuron_threshold"),
+                         (["--max-out", "0"], "max_out"), (["--min-cond-prob", "2"], "min_cond_prob")):
         with pytest.raises(SystemExit) as e:
             study.main(["--preset", "smoke", "--cache", smoke_cfg.cache_dir, *argv])
         assert e.value.code == 2, argv

@@ -475,7 +475,7 @@ def _edge_table(prep: _Prepared, cfg: FSAConfig, shuffle_seed: int | None) -> tu
     n = prep.L.shape[0]
     kept = ((df["pmi"] >= cfg.min_pmi) & (df["log10_p"] <= np.log10(cfg.alpha / (n * n)))
             & (df["mech"] >= cfg.min_mech) & (df["attribution_mean"] > cfg.min_attribution)
-            & (df["cond_prob"] >= cfg.min_cond_prob)).to_numpy()
+            & (df["cond_prob"] >= cfg.min_cond_prob)).to_numpy(copy=True)
     if cfg.max_out is not None and kept.any():
         # each source keeps its max_out most likely successors (cond_prob, then pmi): on real text most
         # features have dozens of significant successors, and only this sparsity leaves readable cycles
