@@ -148,7 +148,8 @@ def export_graph(fg, automata: pd.DataFrame, n_top: int, basis: str, run: str, s
 # --- figures --------------------------------------------------------------------------------------
 
 def automaton_figure(fg, row, title: str):
-    """One automaton drawn with networkx: nodes labelled by unit and top tokens, edges by pmi width."""
+    """One automaton drawn with networkx: nodes labelled by unit and top tokens, edge width by pmi.
+    Chains run down the page with labels beside them; cycles and SCCs carry labels above the nodes."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -158,21 +159,30 @@ def automaton_figure(fg, row, title: str):
     H = nx.DiGraph()
     H.add_nodes_from(states)
     H.add_edges_from([tuple(map(int, e)) for e in row["edges"]])
-    pos = automaton_layout(row["kind"], states, H)
     n = len(states)
-    side = min(14.0, 4.0 + 0.6 * n)
-    fig, ax = plt.subplots(figsize=(side, side * 0.75))
+    chain = row["kind"] == "chain"
+    if chain:
+        pos = {u: (0.0, -100.0 * i) for i, u in enumerate(states)}
+        fig, ax = plt.subplots(figsize=(7.0, 1.0 + 0.45 * n))
+    else:
+        pos = automaton_layout(row["kind"], states, H)
+        side = min(14.0, 4.5 + 0.5 * n)
+        fig, ax = plt.subplots(figsize=(side, side * 0.8))
     pmis = np.array([fg.graph.edges[e]["pmi"] for e in H.edges]) if H.number_of_edges() else np.zeros(0)
-    widths = 0.8 + 2.0 * (pmis - pmis.min()) / (np.ptp(pmis) or 1.0) if len(pmis) else []
-    nx.draw_networkx_nodes(H, pos, ax=ax, node_size=260, node_color=PALETTE[0], alpha=0.85)
-    nx.draw_networkx_edges(H, pos, ax=ax, width=widths, arrows=True, arrowsize=14, edge_color="#555555",
-                           connectionstyle="arc3,rad=0.12", node_size=260)
-    fs = 9 if n <= 12 else 7 if n <= 30 else 5
-    labels = {u: mpl_text(short_label(fg, u)) for u in states}
-    nx.draw_networkx_labels(H, {u: (x, y + 9) for u, (x, y) in pos.items()}, labels, ax=ax, font_size=fs,
-                            verticalalignment="bottom")
+    widths = list(0.8 + 2.0 * (pmis - pmis.min()) / (np.ptp(pmis) or 1.0)) if len(pmis) else []
+    size = 220 if n <= 30 else 90
+    nx.draw_networkx_nodes(H, pos, ax=ax, node_size=size, node_color=PALETTE[0], alpha=0.85)
+    nx.draw_networkx_edges(H, pos, ax=ax, width=widths, arrows=True, arrowsize=12, edge_color="#555555",
+                           connectionstyle="arc3,rad=0.0" if chain else "arc3,rad=0.12", node_size=size)
+    fs = 9 if n <= 15 else 7 if n <= 40 else 5
+    for u in states:  # offsets in points, so labels sit beside their node whatever the data scale
+        ax.annotate(mpl_text(short_label(fg, u)), pos[u], xytext=(10, 0) if chain else (0, 6),
+                    textcoords="offset points", fontsize=fs, ha="left" if chain else "center",
+                    va="center" if chain else "bottom")
+    if chain:
+        ax.set_xlim(-20, 400)
     ax.set_title(mpl_text(title), fontsize=10)
-    ax.margins(0.2)
+    ax.margins(0.08 if chain else 0.15)
     ax.axis("off")
     return fig
 
@@ -185,20 +195,18 @@ def _summary_fig(res: dict):
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6.4, 4))
-    width = 0.2
-    i = 0
-    for run, rr in res["runs"].items():
-        for basis in ("features", "neurons"):
+    for i, (run, rr) in enumerate(res["runs"].items()):
+        for j, basis in enumerate(("features", "neurons")):
             auto = rr["bases"][basis]["automata"]
-            sizes = auto["n_states"].to_numpy() if len(auto) else np.zeros(0, int)
-            hi = max(12, int(sizes.max()) if len(sizes) else 0)
-            bins = np.arange(2, hi + 2)
-            counts = np.array([(sizes == b).sum() for b in bins[:-1]])
-            ax.bar(bins[:-1] + (i - 1.5) * width, counts, width=width, label=f"run {run} {basis} ({len(sizes)})")
-            i += 1
+            if not len(auto):
+                continue
+            sizes, counts = np.unique(auto["n_states"].to_numpy(), return_counts=True)
+            ax.plot(sizes, counts, marker="os"[j], ls="-" if i == 0 else "--", color=f"C{j}", alpha=0.8,
+                    label=f"run {run} {basis} ({len(auto)})")
+    ax.set_xscale("log")
     ax.set_xlabel("states per automaton (SCCs, cycles, chains)")
     ax.set_ylabel("automata")
-    ax.set_yscale("symlog")
+    ax.set_yscale("log")
     ax.set_title("Automata found: features vs neurons")
     ax.legend(fontsize=8)
     return fig
