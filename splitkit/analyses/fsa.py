@@ -36,7 +36,9 @@ Edge weights of X -> Y (candidate pairs: ``count >= min_count`` and ``pmi > cand
 
 An edge is *kept* when ``count >= min_count``, ``pmi >= min_pmi``, ``log10_p <= log10(alpha / n^2)``
 (Bonferroni over all ordered pairs), ``mech >= min_mech`` and ``attribution_mean > min_attribution``:
-it must be frequent beyond chance and carried by the direct path. The null (:func:`build_graph` with
+it must be frequent beyond chance and carried by the direct path; with ``min_cond_prob`` also
+``cond_prob >= min_cond_prob``, and with ``max_out`` each source keeps only its ``max_out`` kept edges
+of highest ``cond_prob`` (ties: ``pmi``), the same rule for the null. The null (:func:`build_graph` with
 ``null=True``) recomputes every statistic after a seeded shuffle of the token order (activations and
 token ids permuted together, so per-unit densities and token classes are unchanged and only the
 order is lost); its quantiles and its number of kept edges are what the default thresholds are judged by.
@@ -47,7 +49,7 @@ length-n accumulator and emitting only the candidates; the scipy engine (no numb
 products of the shifted activation patterns, chunked over source units so each chunk's output stays
 bounded. Dense inputs (neurons, ``n <= 4096``) accumulate ``[n, n]`` counts from token blocks.
 
-Thresholds (defaults in :class:`FSAConfig`): on the planted tests and the synthetic benchmark the
+Thresholds (defaults in :class:`splitkit.config.FSAConfig`, presets ``FSA_PRESETS``): on the planted tests and the synthetic benchmark the
 shuffled null keeps no edge at the defaults, and its 99.9% pmi quantile lies below ``min_pmi``;
 ``null_summary`` reports those figures for any run so the defaults can be checked on real data.
 """
@@ -64,6 +66,8 @@ import pandas as pd
 import scipy.sparse as sp
 from scipy.stats import poisson
 
+from ..config import FSAConfig  # noqa: F401  (the section lives with the others; imported from here too)
+
 try:  # numba ships with umap-learn; the scipy engine gives the same numbers without it
     import numba
 
@@ -75,46 +79,6 @@ DENSE_MAX_UNITS = 4096
 NULL_QUANTILES = (0.5, 0.9, 0.99, 0.999, 1.0)
 EDGE_COLUMNS = ("src", "dst", "count", "n_src", "n_dst", "lift", "pmi", "cond_prob", "log10_p", "mech", "attribution",
                 "attribution_mean", "kept")
-
-
-@dataclass(frozen=True)
-class FSAConfig:
-    """Thresholds and bounds of the automaton search (defaults: see the module docstring)."""
-
-    min_count: int = 5  # co-occurrences of (X at t, Y at t+1) for a candidate pair
-    # candidates also need pmi above this (lift > 1.65): pairs near chance are dropped inside the pair
-    # loop, so the candidate list stays small at large n and long token streams (at 16,384 x 1M
-    # synthetic tokens a floor of 0 keeps 10.6M pairs); None keeps every pair with min_count
-    candidate_pmi: float | None = 0.5
-    min_pmi: float = 1.0  # ln lift: Y follows X at least e times more often than by chance
-    min_mech: float = 2.0  # X raises Y's tokens by two standard deviations of its logit effects or more
-    min_attribution: float = 0.0  # mean attribution per co-occurrence must be positive
-    alpha: float = 0.01  # family-wise level of the co-occurrence test over the n^2 ordered pairs
-    top_m: int = 8  # tokens in a unit's token class (mechanistic weight, transition inputs, labels)
-    active_threshold: float = 0.0
-    max_cycle_len: int = 8
-    max_cycles: int = 200  # simple cycles enumerated at most (the count can grow exponentially)
-    min_chain: int = 3  # states in a chain ("longer than two")
-    weight: str = "pmi"  # edge attribute that ranks automata: pmi, mech or attribution_mean
-    null_seed: int = 0
-    work_per_chunk: int = 1 << 26  # multiply-adds per sparse product chunk (bounds its output too)
-    engine: str = "auto"  # sparse inputs: numba (fused, one pass) or scipy (SpGEMM); auto: numba if present
-
-    def __post_init__(self):
-        if self.min_count < 1:
-            raise ValueError(f"min_count must be >= 1, got {self.min_count}")
-        if not 0 < self.alpha <= 1:
-            raise ValueError(f"alpha must be in (0, 1], got {self.alpha}")
-        if self.top_m < 1:
-            raise ValueError(f"top_m must be >= 1, got {self.top_m}")
-        if self.weight not in ("pmi", "mech", "attribution_mean"):
-            raise ValueError(f"weight must be pmi, mech or attribution_mean, got {self.weight!r}")
-        if self.engine not in ("auto", "numba", "scipy"):
-            raise ValueError(f"engine must be auto, numba or scipy, got {self.engine!r}")
-        if self.engine == "numba" and not HAVE_NUMBA:
-            raise ValueError("engine='numba' needs numba installed; use engine='scipy'")
-        if self.max_cycle_len < 2 or self.min_chain < 3:
-            raise ValueError("max_cycle_len must be >= 2 and min_chain >= 3")
 
 
 def _default_decode(ids) -> list[str]:
@@ -509,8 +473,18 @@ def _edge_table(prep: _Prepared, cfg: FSAConfig, shuffle_seed: int | None) -> tu
                        "pmi": np.log(lift), "cond_prob": c / ns, "log10_p": log10_p,
                        "mech": _mech(s, d, prep.L, prep.ids, prep.w), "attribution": att, "attribution_mean": att / c})
     n = prep.L.shape[0]
-    df["kept"] = ((df["pmi"] >= cfg.min_pmi) & (df["log10_p"] <= np.log10(cfg.alpha / (n * n)))
-                  & (df["mech"] >= cfg.min_mech) & (df["attribution_mean"] > cfg.min_attribution))
+    kept = ((df["pmi"] >= cfg.min_pmi) & (df["log10_p"] <= np.log10(cfg.alpha / (n * n)))
+            & (df["mech"] >= cfg.min_mech) & (df["attribution_mean"] > cfg.min_attribution)
+            & (df["cond_prob"] >= cfg.min_cond_prob)).to_numpy(copy=True)
+    if cfg.max_out is not None and kept.any():
+        # each source keeps its max_out most likely successors (cond_prob, then pmi): on real text most
+        # features have dozens of significant successors, and only this sparsity leaves readable cycles
+        k = df.loc[kept, ["src", "cond_prob", "pmi"]].sort_values(["src", "cond_prob", "pmi"],
+                                                                   ascending=[True, False, False], kind="stable")
+        rank = k.groupby("src").cumcount()
+        kept[:] = False
+        kept[rank.index[rank.to_numpy() < cfg.max_out].to_numpy()] = True
+    df["kept"] = kept
     return df, N
 
 
@@ -793,13 +767,17 @@ def predictive_check(acts, next_ok, states, edges, fit_frac: float = 0.8, active
     cut = int(fit_frac * n_tok)
     fit, test = t[t < cut], t[t >= cut]
 
-    def on(pos):  # [len(pos), k]: which states fire at t+1
-        return S[pos + 1].toarray() > 0
+    B = S.copy()
+    B.data[:] = 1.0  # which states fire, [n_tokens, k] sparse: no dense [positions, k] array at large k
 
-    nxt_fit = on(fit)
-    trans = np.zeros((k, k))
-    np.add.at(trans, cur[fit], nxt_fit.astype(np.float64))
-    base = int(nxt_fit.sum(0).argmax()) if len(fit) else 0
+    def fires(pos, col):  # bool [len(pos)]: state col[i] fires at pos[i] + 1
+        R = B[pos + 1]
+        return np.asarray(R[np.arange(len(pos)), col]).ravel() > 0
+
+    nxt_fit = B[fit + 1]  # [len(fit), k]
+    cur_1h = sp.csr_matrix((np.ones(len(fit)), (cur[fit], np.arange(len(fit)))), shape=(k, len(fit)))
+    trans = np.asarray((cur_1h @ nxt_fit).todense())  # [k, k] transitions counted on the fit part
+    base = int(np.asarray(nxt_fit.sum(0)).ravel().argmax()) if len(fit) else 0
     pos = {s: i for i, s in enumerate(states)}
     allowed = np.zeros((k, k), bool)
     for a, b in edges:
@@ -807,9 +785,8 @@ def predictive_check(acts, next_ok, states, edges, fit_frac: float = 0.8, active
             allowed[pos[int(a)], pos[int(b)]] = True
     scored = np.where(allowed, trans, -1.0)
     pred = np.where(allowed.any(1), scored.argmax(1), base)
-    nxt_test = on(test)
-    acc = float(nxt_test[np.arange(len(test)), pred[cur[test]]].mean()) if len(test) else float("nan")
-    base_acc = float(nxt_test[:, base].mean()) if len(test) else float("nan")
+    acc = float(fires(test, pred[cur[test]]).mean()) if len(test) else float("nan")
+    base_acc = float(fires(test, np.full(len(test), base)).mean()) if len(test) else float("nan")
     return {"accuracy": acc, "baseline_accuracy": base_acc, "n_fit": int(len(fit)), "n_test": int(len(test)),
             "cut": cut}
 
