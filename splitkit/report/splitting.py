@@ -7,6 +7,7 @@ graph writers (:mod:`splitkit.report.graphs`) clean it for XML.
 
 from __future__ import annotations
 
+import csv
 import math
 import os
 import tempfile
@@ -62,7 +63,8 @@ def _write_csv(df: pd.DataFrame, path: Path) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
-        E.csv_safe(df).to_csv(tmp, index=False)
+        # every text field quoted: a lone CR inside a token would otherwise end a row for most readers
+        E.csv_safe(df).to_csv(tmp, index=False, quoting=csv.QUOTE_NONNUMERIC)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -158,7 +160,7 @@ def build_graph(res: dict, nodes: pd.DataFrame, edges: pd.DataFrame, runs, *, co
         viz = {"color": col, "size": float(2.0 + 18.0 * math.sqrt(max(r.density, 0.0) / max(dmax, 1e-12)))}
         if np.isfinite(r.x):
             viz["position"] = (float(r.x) * 100.0, float(r.y) * 100.0)
-        G.add_node(r.node, label=f"{r.size}/{r.feature}: {r.top_tokens}", run=str(r.run), size=int(r.size),
+        G.add_node(r.node, label=E.one_line(f"{r.size}/{r.feature}: {r.top_tokens}"), run=str(r.run), size=int(r.size),
                    feature=int(r.feature), count=int(r.count), members=str(r.members), density=float(r.density),
                    fate_in=str(r.fate_in), fate_out=str(r.fate_out), family=int(r.family), cluster=int(r.cluster),
                    n_children=int(r.n_children), n_parents=int(r.n_parents), top_tokens=str(r.top_tokens),
