@@ -90,7 +90,7 @@ def main(argv=None) -> int:
         d = dict_overrides(args)
         if d:
             cfg = cfg.with_overrides(dict=d)
-        from splitkit.analyses.splitting_run import estimate, run_splitting
+        from splitkit.analyses.splitting_run import estimate, run_splitting, study_config
         from splitkit.report.splitting import write_splitting
 
         recipes = [cfg.dict.recipe] + ([args.compare_recipe] if args.compare_recipe not in (None, cfg.dict.recipe)
@@ -111,10 +111,12 @@ def main(argv=None) -> int:
             extra = {"wall_s": time.perf_counter() - t0, "estimate": est}
             if i == 0:
                 first = (res, rcfg, extra)
-            summaries[recipe] = write_splitting(out if i == 0 else out / f"compare_{recipe}", res, rcfg, scfg, extra)
+            # summary.json records the config the pipeline ran with (the family's sizes, the analysis tokens)
+            summaries[recipe] = write_splitting(out if i == 0 else out / f"compare_{recipe}", res,
+                                                study_config(rcfg, scfg), scfg, extra)
         if len(recipes) > 1:  # the main report again, now with the recipes side by side
             res, rcfg, extra = first
-            summaries[recipes[0]] = write_splitting(out, res, rcfg, scfg, extra,
+            summaries[recipes[0]] = write_splitting(out, res, study_config(rcfg, scfg), scfg, extra,
                                                     compare={k: summaries[k] for k in recipes[1:]})
         s = summaries[recipes[0]]
         for r, rr in s["runs"].items():

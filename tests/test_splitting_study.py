@@ -120,7 +120,7 @@ def test_sizes_errors_are_one_line(spec, capsys):
     from studies.splitting import main
 
     with pytest.raises(SystemExit) as e:
-        main(["--preset", "smoke", "--sizes", spec, "--out", "/nonexistent/never"])
+        main(["--preset", "smoke", f"--sizes={spec}", "--out", "/nonexistent/never"])  # = form: "-512" is no option
     assert e.value.code == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: --sizes") and "\n" not in err
@@ -152,3 +152,25 @@ def test_memory_guard_names_what_to_lower():
     check_fits(small, small["peak_bytes"] + 1)
     with pytest.raises(ConfigError, match="lower .*--sizes"):
         check_fits(small, small["peak_bytes"] - 1)
+
+
+@pytest.mark.heavy
+def test_compare_recipe_side_by_side(tmp_path):
+    """One run, two recipes: the second recipe's files in compare_<recipe>/, both in the main report."""
+    from studies.splitting import main
+
+    out = tmp_path / "out"
+    rc = main(["--preset", "smoke", "--cache", str(tmp_path / "cache"), "--out", str(out), "--quiet", "--runs", "A",
+               "--compare-recipe", "topk"])
+    assert rc == 0
+    main_s = json.loads((out / "summary.json").read_text())
+    other = json.loads((out / "compare_topk" / "summary.json").read_text())
+    assert main_s["recipe"] == "l1_decnorm" and other["recipe"] == "topk"
+    assert main_s["compare_recipes"] == ["l1_decnorm", "topk"]
+    assert main_s["split_universality"] is None  # one run: nothing to match
+    rep = (out / "report.md").read_text()
+    assert "Recipes side by side" in rep and "topk" in rep
+    # both report every step of the same sizes
+    fa = [st["share_splits"] for st in main_s["runs"]["A"]["steps"]]
+    fb = [st["share_splits"] for st in other["runs"]["A"]["steps"]]
+    assert len(fa) == len(fb) == 2

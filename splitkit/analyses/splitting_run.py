@@ -164,13 +164,12 @@ def analyse_run(data: RunData, scfg: SplittingConfig, tokens: np.ndarray, decode
     t = time.perf_counter()
     null_rows = []
     for (lo, hi), df in step_links.items():
-        row = S.threshold_vs_null(df, S.null_masked_cos(data.acts[lo], data.acts[hi], seed=0,
-                                                         n_children=scfg.null_children, min_cofire=scfg.min_cofire),
-                                  hi, scfg.threshold)
+        nulls = {mc: S.null_masked_cos(data.acts[lo], data.acts[hi], seed=0, n_children=scfg.null_children,
+                                       min_cofire=mc) for mc in sorted({scfg.min_cofire, *scfg.null_min_cofire})}
+        row = S.threshold_vs_null(df, nulls[scfg.min_cofire], hi, scfg.threshold)
         row.update(size=lo, next_size=hi, min_cofire=scfg.min_cofire)
         for mc in scfg.null_min_cofire:
-            null = S.null_masked_cos(data.acts[lo], data.acts[hi], seed=0, n_children=scfg.null_children,
-                                     min_cofire=mc)
+            null = nulls[mc]
             row[f"null_share_linked_mc{mc}"] = float((null >= scfg.threshold).mean()) if len(null) else float("nan")
         null_rows.append(row)
     timings[f"null_{r}_s"] = time.perf_counter() - t
