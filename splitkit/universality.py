@@ -31,7 +31,7 @@ class Side:
     """Everything the analysis needs from one run (A or B)."""
 
     feature_acts: object  # scipy.sparse.csr_matrix [n_tokens, n_features]
-    neuron_acts: np.ndarray  # [n_tokens, d_mlp] float16 or float32
+    neuron_acts: object  # scipy.sparse.csr_matrix [n_tokens, d_mlp] float32 (or a dense ndarray)
     W_dec: np.ndarray  # [n_features, d_mlp]
     direct_path: dict  # W_out [d_mlp, d_model], ln_scale [d_model], W_U [d_model, vocab]
     sae_stats: dict
@@ -76,8 +76,9 @@ def analyse(a: Side, b: Side, next_tokens: np.ndarray, cfg: Config, top_token_id
 
     # one-to-one assignment on the top-k graph: Hungarian on a dense 4096 x 4096 matrix takes minutes
     feats = matching.match(FA, FB, k=ac.top_k, assignment="topk" if FA.shape[1] * FB.shape[1] > 1 << 20 else "dense")
-    # dense neuron products in float32: the matcher centres token blocks first, so this stays within ~1e-6;
-    # column statistics once for the match and the chance level
+    # neurons come as CSR (load_side), so the sparse engine gives exact correlations (dtype only
+    # matters for dense inputs, where float32 stays within ~1e-6); column statistics once for the
+    # match and the chance level
     NA, NB = matching.prepare(a.neuron_acts, "neurons A"), matching.prepare(b.neuron_acts, "neurons B")
     neurons = matching.match(NA, NB, k=ac.top_k, dtype=np.float32)
 
@@ -175,8 +176,8 @@ def load_side(cfg: Config, seed: int, n: int, snapshot_step: int | None = None, 
     model = lm.model()
     path = {k: v.numpy() for k, v in model.direct_path().items()}
     sae = fam.sae(n, snapshot_step)
-    # neurons stay float16 ([n_tokens, 512]: 4 GB as float32 at 2M tokens); the matcher converts blocks
-    return Side(feature_acts=fs.acts(), neuron_acts=store.head(),
+    # neurons as CSR (~3% nonzero after the ReLU): the matcher's exact sparse path, no dense [n_tokens, 512] copy
+    return Side(feature_acts=fs.acts(), neuron_acts=store.head_csr(),
                 W_dec=sae.W_dec.detach().numpy(), direct_path=path, sae_stats=fs.stats, lm_summary=lm.summary,
                 sae_id=fam.sae_id(n))
 
