@@ -1,7 +1,7 @@
 """Universality over analysis sets too large to store: one streaming pass, nothing written.
 
 The in-memory path (``pipeline.get_acts`` -> ``get_features`` -> ``correlation``) keeps the analysis
-activations on disk (512 float16 per token and run: 16 GB per run at 16M tokens) and the feature
+activations on disk (CSR, ~80 bytes per token and run: ~1.3 GB per run at 16M tokens) and the feature
 activations in memory. Past a few million tokens neither fits this machine, so this module reads the
 token stream once, chunk by chunk::
 

@@ -25,7 +25,8 @@ from .config import Config
 log = logging.getLogger("splitkit")
 
 # Code versions of each stage: bump when the stage's output for the same config would change.
-VERSIONS = {"tokens": 2, "tokens_extra": 1, "lm": 1, "acts": 2, "dicts": 1, "sae_eval": 1, "features": 1,
+# acts 3: shards stored as CSR (the same values bit for bit, other files), see activations.py.
+VERSIONS = {"tokens": 2, "tokens_extra": 1, "lm": 1, "acts": 3, "dicts": 1, "sae_eval": 1, "features": 1,
             "effects": 1}
 
 

@@ -98,7 +98,7 @@ def test_stream_equals_the_in_memory_path(smoke_cfg):
     fs = {s: P.get_features(cfg, s, n, progress=False) for s in (cfg.seed_a, cfg.seed_b)}
     fig = universality_figures(fs[cfg.seed_a].acts(), fs[cfg.seed_b].acts(), cfg.analysis.ultralow_density)
     stores = [P.get_acts(cfg, s, "analysis", progress=False) for s in (cfg.seed_a, cfg.seed_b)]
-    neur = universality_figures(stores[0].head(), stores[1].head(), 0.0)
+    neur = universality_figures(stores[0].head_csr(), stores[1].head_csr(), 0.0)
     fams = {s: P.get_family(cfg, s, progress=False) for s in (cfg.seed_a, cfg.seed_b)}
     tokens = P.analysis_tokens(cfg, cfg.analysis.n_tokens, progress=False)
     assert len(tokens) == len(stores[0])

@@ -213,7 +213,7 @@ def test_activation_store_matches_model_exactly(tmp_path):
 
 def test_corrupted_shard_is_detected_and_rebuilt(smoke_cfg):
     store = P.get_acts(smoke_cfg, smoke_cfg.seed_a, progress=False)
-    shard = store.folder / "acts_0000.npy"
+    shard = store.folder / "shard_0000_vals.npy"
     check_manifest(store.folder)
     data = bytearray(shard.read_bytes())
     data[-10] ^= 0xFF
