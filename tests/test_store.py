@@ -176,7 +176,7 @@ def test_neuron_matching_on_the_sparse_view_equals_the_dense_path(smoke_cfg):
     """The universality study's neuron figures (best match and its correlation per neuron, the median,
     the assignment, the shuffled chance) from the CSR view: those of the exact (float64) dense path,
     and within 1e-6 of the float32 dense path the study took before."""
-    from splitkit import matching
+    from splitkit import correlation as matching
     from splitkit import pipeline as P
 
     cfg = smoke_cfg
