@@ -54,6 +54,10 @@ def main(argv=None) -> int:
               f"all alive {u['features']['all_alive']['median_max_act_corr']:.3f} | "
               f"neurons {u['neurons']['median_max_act_corr']:.3f} | "
               f"chance {u['chance']['features_shuffled_median_max_act_corr']:.3f}")
+        v, red, iv = u["views"]["features"], u["redundancy"], u["intervals"]["features_minus_neurons"]
+        print(f"one-to-one {v['one_to_one_median']:.3f} | de-duplicated {v['dedup_many_to_one_median']:.3f} | "
+              f"features - neurons {iv['diff']:+.3f} [{iv['lo']:+.3f}, {iv['hi']:+.3f}] | twins > 0.9: "
+              f"A {red['A']['twin_share_act_0.9']:.1%}, B {red['B']['twin_share_act_0.9']:.1%}")
         print(f"wrote {args.out}/summary.json, report.md, matches.parquet ({time.perf_counter() - t0:.0f} s)")
     return 0
 
