@@ -296,3 +296,18 @@ def test_evaluate_sae_loss_recovered_hand_computable():
     with torch.no_grad():
         x = model.mlp_acts(w).reshape(-1, D_MLP).double()
     assert ev["fvu"] == pytest.approx(float((0.25 * x ** 2).sum() / ((x - x.mean(0)) ** 2).sum()), rel=1e-4)
+
+
+def test_replicate_summary_mean_and_t_interval():
+    from scipy import stats
+
+    vals = [0.70, 0.74, 0.72]
+    sums = [{"features": {"median_max_act_corr": v}, "neurons": {"median_max_act_corr": 0.5},
+             "features_minus_neurons_median": v - 0.5} for v in vals]
+    r = U.replicate_summary(sums, "planted")
+    f = r["figures"]["features_median"]
+    half = stats.t.ppf(0.975, 2) * np.std(vals, ddof=1) / np.sqrt(3)
+    assert r["k"] == 3 and f["mean"] == pytest.approx(0.72) and f["hi"] - f["mean"] == pytest.approx(half)
+    assert r["figures"]["neurons_median"]["sd"] == 0 and r["figures"]["twin_share_act_A"]["mean"] is None
+    one = U.replicate_summary(sums[:1], "one")["figures"]["features_median"]
+    assert one["mean"] == 0.70 and one["lo"] is None

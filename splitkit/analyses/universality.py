@@ -494,6 +494,47 @@ def analyse(a: Side, b: Side, next_tokens: np.ndarray, cfg: Config, top_token_id
             "chance": {"features": chance_f.value[:, 0], "neurons": chance_n.value[:, 0]}}
 
 
+#: the figures a replicate summary gives as mean and interval: name -> path into an analysis summary
+REPLICATE_FIGURES = {
+    "features_median": ("features", "median_max_act_corr"),
+    "neurons_median": ("neurons", "median_max_act_corr"),
+    "features_minus_neurons": ("features_minus_neurons_median",),
+    "features_one_to_one_median": ("views", "features", "one_to_one_median"),
+    "features_dedup_median": ("views", "features", "dedup_many_to_one_median"),
+    "twin_share_act_A": ("redundancy", "A", "twin_share_act_0.9"),
+    "twin_share_act_B": ("redundancy", "B", "twin_share_act_0.9"),
+}
+
+
+def replicate_summary(summaries: list[dict], how: str, level: float = 0.95) -> dict:
+    """Mean and Student-t interval over replicates of each :data:`REPLICATE_FIGURES` figure.
+
+    ``summaries``: the ``analyse(...)["summary"]`` of each replicate (K >= 1; with K = 1 the interval
+    is undefined, None). Returns ``{"k", "how", "level", "figures": {name: {"mean", "lo", "hi", "sd",
+    "values"}}}``.
+    """
+    from scipy import stats
+
+    if not summaries:
+        raise ValueError("replicate_summary needs the summary of at least one replicate")
+    out = {}
+    for name, path in REPLICATE_FIGURES.items():
+        vals = []
+        for sm in summaries:
+            v = sm
+            for key in path:
+                v = v.get(key) if isinstance(v, dict) else None
+            vals.append(None if v is None else float(v))
+        x = np.array([v for v in vals if v is not None], np.float64)
+        k = x.size
+        mean = float(x.mean()) if k else None
+        sd = float(x.std(ddof=1)) if k > 1 else None
+        half = float(stats.t.ppf(0.5 + level / 2, k - 1) * sd / np.sqrt(k)) if k > 1 else None
+        out[name] = {"mean": mean, "sd": sd, "lo": None if half is None else mean - half,
+                     "hi": None if half is None else mean + half, "values": vals}
+    return {"k": len(summaries), "how": how, "level": level, "figures": out}
+
+
 #: activation twins are searched over at most this many analysis tokens (cost: a self-match of the dictionary)
 TWIN_TOKENS = 1_000_000
 #: analysis positions over which the attribution view is also computed with the LMs' true final-LN scale
