@@ -214,7 +214,7 @@ def test_bootstrap_median_interval():
     # the median's standard error for a normal sample: 1.2533 sigma / sqrt(n)
     se = 1.2533 / np.sqrt(v.size)
     assert iv["lo"] < np.median(v) < iv["hi"]
-    assert (iv["hi"] - iv["lo"]) == pytest.approx(2 * 1.96 * se, rel=0.25)
+    assert (iv["hi"] - iv["lo"]) == pytest.approx(2 * 1.96 * se, rel=0.12)  # a mean's would be 20% narrower
     assert U.bootstrap_median(v, seed=1) == iv  # seeded
 
 
