@@ -199,10 +199,11 @@ class AnalysisConfig(_Section):
     # universality-scaling study shows how the figure settles as this grows
     n_tokens: int = 4_000_000
     top_k: int = 8
-    # The paper leaves out dead and ultralow-density features; we call a feature ultralow when it
-    # fires on fewer than this fraction of analysis tokens (the paper's mode sits near 1e-7 at 100M
-    # tokens; on a few million tokens the floor is what the analysis set can resolve).
-    ultralow_density: float = 1e-5
+    # The paper leaves out dead and ultralow-density features, ultralow meaning fewer than 1 firing in a
+    # million tokens; so do we, for features and neurons alike (``analyses.universality.counted_mask``).
+    # Where 1e-6 x analysis tokens is under one firing (analysis sets under 1M tokens) every unit that
+    # fires at all clears it, and ultralow and dead coincide.
+    ultralow_density: float = 1e-6
     # Optionally also leave out features with fewer firings than this (1: only the paper's exclusion).
     # On a small analysis set a feature with a handful of firings has a best-of-n correlation that is
     # mostly noise; raising this trades coverage for resolution.

@@ -34,6 +34,23 @@ class FamilyMetrics:
     train_summary: dict
 
 
+def copy_figures(cfg: Config, fs, W_dec) -> dict:
+    """One dictionary's in-dictionary twin statistics (``analyses.universality.redundancy_block``:
+    activation twins over at most the first ``TWIN_TOKENS`` analysis tokens, decoder twins), the shares
+    over the features the paper counts."""
+    import numpy as np
+
+    from .analyses.universality import TWIN_TOKENS, counted_mask, redundancy_block
+
+    F = fs.acts()
+    counts = np.asarray(F.getnnz(axis=0))
+    mask = counted_mask(counts, F.shape[0], cfg.analysis.ultralow_density, cfg.analysis.min_count)
+    red, _ = redundancy_block(F, W_dec, counts, mask, min(F.shape[0], TWIN_TOKENS))
+    keys = ("twin_median_act_corr", "twin_share_act_0.9", "twin_median_dec_cos", "twin_share_dec_0.9",
+            "n_clusters_act_0.9", "n_clusters_dec_0.9", "n_twin_tokens")
+    return {k: red.get(k) for k in keys}
+
+
 def get_family_metrics(cfg: Config, seed: int, progress: bool = True) -> FamilyMetrics:
     """Every size of ``cfg.dict.sizes`` evaluated on LM ``seed``'s analysis and validation tokens.
 
@@ -41,6 +58,9 @@ def get_family_metrics(cfg: Config, seed: int, progress: bool = True) -> FamilyM
     already trained, e.g. by ``torchrun -m studies.dictionaries``, is only read.
     """
     fam = pipeline.get_family(cfg, seed, progress)
-    stats = {n: pipeline.get_features(cfg, seed, n, progress=progress).stats for n in sorted(set(fam.sizes))}
+    stats = {}
+    for n in sorted(set(fam.sizes)):
+        fs = pipeline.get_features(cfg, seed, n, progress=progress)
+        stats[n] = {**fs.stats, **copy_figures(cfg, fs, fam.sae(n).W_dec.detach().cpu().numpy())}
     return FamilyMetrics(seed=seed, family_key=fam.key, family_folder=fam.folder, stats_by_size=stats,
                          train_summary=fam.train_summary)

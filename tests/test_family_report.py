@@ -54,6 +54,10 @@ def test_dictionaries_study_writes_the_family_report(smoke_cfg, tmp_path, monkey
     assert (df["fvu"] > 0).all() and (df["mse"] > 0).all() and (df["l0"] > 0).all()
     assert ((df["loss_recovered_zero"] >= 0) & (df["loss_recovered_zero"] <= 1.05)).all()
     assert (df["train_tokens"] > 0).all()
+    # each dictionary's copies: twin shares are shares, distinct features at most the size
+    for col in ("twin_share_act_0.9", "twin_share_dec_0.9"):
+        assert df[col].between(0, 1).all(), col
+    assert (df["n_clusters_act_0.9"] <= df["n_features"]).all() and (df["twin_median_act_corr"] <= 1).all()
 
     s = json.loads((out / "summary.json").read_text())
     assert s["sizes"] == list(SIZES) and s["config"]["dict"]["sizes"] == list(SIZES)
@@ -69,6 +73,7 @@ def test_dictionaries_study_writes_the_family_report(smoke_cfg, tmp_path, monkey
     for f in ("density_hist.png", "density_hist.svg", "report.md"):
         assert (out / f).stat().st_size > 0, f
     assert "density_hist.png" in (out / "report.md").read_text()
+    assert "twins > 0.9" in (out / "report.md").read_text()
 
     # A second run finds the family and its metrics in the cache: nothing is trained again.
     from splitkit import train as trainer

@@ -113,6 +113,13 @@ def test_scaling_grid_end_to_end_and_resume(smoke_cfg, tmp_path):
     assert (df["chance_paper_median"].abs() < 0.1).all()
     assert (df["features_all_alive_median"] > df["chance_all_alive_median"] + 0.1).all()
     assert df["loss_recovered_zero_a"].between(0, 1.05).all()
+    # every point carries its copy figures: the paper's many-to-one median is that of the table, the
+    # one-to-one and de-duplicated ones sit beside it; twin shares are shares
+    assert np.allclose(df["many_to_one_median"], df["features_paper_median"], atol=1e-6)
+    assert (df["one_to_one_median"] <= df["many_to_one_median"] + 1e-9).all()
+    for col in ("twin_share_act_0.9_a", "twin_share_act_0.9_b", "twin_share_dec_0.9_a", "mutual_share"):
+        assert df[col].between(0, 1).all(), col
+    assert (df["n_clusters_act_0.9_a"] <= df["n_features"]).all() and (df["dedup_n"] <= df["features_paper_n"]).all()
     # budgets are snapshots of one run: training time grows with the budget within each family
     for _, g in df[df["analysis_tokens"] == 30_000].groupby(["recipe", "n_features"]):
         g = g.sort_values("sae_tokens")
@@ -120,6 +127,8 @@ def test_scaling_grid_end_to_end_and_resume(smoke_cfg, tmp_path):
         assert g["family_train_s_to_budget"].is_monotonic_increasing
     s = json.loads((out / "summary.json").read_text())
     assert s["provenance"]["git_revision"] and len(s["headline"]) == 4
+    assert all("one_to_one_median" in h and "twin_share_act_0.9_a" in h for h in s["headline"])
+    assert "de-duplicated" in (out / "report.md").read_text()
     for f in ("report.md", "universality_vs_sae_tokens.png", "dead_and_loss_vs_sae_tokens.png",
               "universality_vs_analysis_tokens.png", "corr_vs_density.png"):
         assert (out / f).is_file(), f

@@ -24,6 +24,25 @@ def test_universality_study_end_to_end(smoke_cfg, tmp_path, capsys, monkeypatch)
     # neurons of two seeds are far from identical but far above chance; chance is near 0
     assert 0.1 < u["neurons"]["median_max_act_corr"] < 0.95
     assert abs(u["chance"]["neurons_shuffled_median_max_act_corr"]) < 0.1
+    # a reversed finding would not pass: features match far above their shuffled-token chance level
+    # (A against a shuffled B gives about the chance level), and the dictionaries recover most of the loss
+    f_med, f_chance = u["features"]["median_max_act_corr"], u["chance"]["features_shuffled_median_max_act_corr"]
+    assert f_med > f_chance + 0.2
+    for run in ("A", "B"):
+        assert 0.5 < s["runs"][run]["sae"]["loss_recovered_zero"] <= 1.0
+    # every headline figure has its one-to-one, de-duplicated, twin, baseline and interval companions
+    v = u["views"]["features"]
+    assert v["many_to_one_median"] == pytest.approx(f_med)
+    assert v["one_to_one_median"] <= f_med + 1e-9 and v["dedup_n"] <= v["n"]
+    for run in ("A", "B"):
+        red = u["redundancy"][run]
+        assert 0 <= red["twin_share_act_0.9"] <= 1 and 0 <= red["twin_share_dec_0.9"] <= 1
+        assert red["n_clusters_act_0.9"] <= red["n_features"]
+    iv = u["intervals"]["features_minus_neurons"]
+    assert iv["lo"] <= u["features_minus_neurons_median"] <= iv["hi"]
+    b = u["baselines"]
+    assert abs(b["features"]["random_act_corr_median"]) < 0.1 and abs(b["neurons"]["random_act_corr_median"]) < 0.1
+    assert abs(b["features"]["random_logit_corr_centred_median"]) < abs(b["features"]["random_logit_corr_median"])
     assert s["provenance"]["git_revision"]
     df = pd.read_parquet(out / "matches.parquet")
     assert len(df) == s["config"]["dict"]["sizes"][0]
@@ -32,7 +51,10 @@ def test_universality_study_end_to_end(smoke_cfg, tmp_path, capsys, monkeypatch)
     assert (df.loc[live, "corr"] <= 1 + 1e-9).all()
     for f in ("report.md", "max_corr_hist.png", "max_corr_hist.svg", "corr_vs_density.png", "act_vs_logit_corr.png"):
         assert (out / f).is_file(), f
-    _check_report_markdown((out / "report.md").read_text())
+    md = (out / "report.md").read_text()
+    _check_report_markdown(md)
+    for head in ("## Intervals", "## Copies inside each dictionary", "## Baselines beside every view"):
+        assert head in md
     # both runs' LM and SAE metrics are in the summary
     for run in ("A", "B"):
         assert s["runs"][run]["lm"]["val_loss"] < s["runs"][run]["lm"]["unigram_entropy"]

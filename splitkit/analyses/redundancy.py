@@ -54,6 +54,7 @@ __all__ = [
     "twin_clusters",
     "redundancy_summary",
     "matching_views",
+    "view_figures",
 ]
 
 
@@ -255,10 +256,16 @@ def _median(x: np.ndarray) -> float:
     return float(np.median(x)) if x.size else float("nan")
 
 
-def _views(acts_a, acts_b, mask_a: np.ndarray, k: int, assignment: str) -> dict:
-    df = correlation.match(acts_a, acts_b, k=k, assignment=assignment)
+def view_figures(df, mask_a) -> dict:
+    """The matching views of one ``correlation.match`` table over the A rows of ``mask_a [n_a]``.
+
+    ``many_to_one_median`` (each A feature's best B correlation, the paper's figure),
+    ``one_to_one_median`` (the assignment's correlation; unassigned rows count as 0),
+    ``mutual_share`` and ``mutual_median`` (rows whose best match points back), ``n_distinct_best``
+    (distinct B features used as best matches) and ``n`` (rows counted: in the mask, not dead).
+    """
     corr = df["corr"].to_numpy(np.float64)
-    use = mask_a & np.isfinite(corr)
+    use = np.asarray(mask_a, bool).reshape(-1) & np.isfinite(corr)
     one = np.nan_to_num(df["assign_corr"].to_numpy(np.float64), nan=0.0)  # unassigned: 0
     mutual = df["mutual"].to_numpy(bool)
     best = df["best_b"].to_numpy()
@@ -270,6 +277,10 @@ def _views(acts_a, acts_b, mask_a: np.ndarray, k: int, assignment: str) -> dict:
         "mutual_median": _median(corr[use & mutual]),
         "n_distinct_best": int(np.unique(best[use]).size),
     }
+
+
+def _views(acts_a, acts_b, mask_a: np.ndarray, k: int, assignment: str) -> dict:
+    return view_figures(correlation.match(acts_a, acts_b, k=k, assignment=assignment), mask_a)
 
 
 def matching_views(acts_a, acts_b, *, reps_a=None, reps_b=None, mask_a=None, k: int = 8,

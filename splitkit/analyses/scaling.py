@@ -29,6 +29,7 @@ import json
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from ..cache import stable_hash
@@ -38,7 +39,7 @@ from ..train import get_recipe
 from .universality import density_curve, summarize_units, universality_figures
 
 #: bump when a grid point's figures for the same inputs would change
-POINT_VERSION = 1
+POINT_VERSION = 2  # 2: twin statistics and matching views per point; neurons under the features' exclusion rule
 
 
 def recipe_config(cfg: Config, sc: ScalingConfig, recipe: str, stored_analysis: int | None = None) -> Config:
@@ -86,7 +87,9 @@ def _neuron_baseline(cfg: Config, n_t: int, cache: dict, progress: bool) -> dict
     sb = P.get_acts(cfg, cfg.seed_b, "analysis", progress)
     # CSR [n_t, d_mlp] float32: the neurons are ~3% nonzero, so the matcher's sparse path, never densified
     NA, NB = sa.head_csr(n_t), sb.head_csr(n_t)
-    fig = universality_figures(NA, NB, ultralow_density=0.0, shuffle_seed=cfg.analysis.shuffle_seed)
+    # the features' exclusion rule (alive, density >= analysis.ultralow_density) for neurons too
+    fig = universality_figures(NA, NB, ultralow_density=cfg.analysis.ultralow_density,
+                               shuffle_seed=cfg.analysis.shuffle_seed)
     density = fig["counts"] / n_t
     out = {"figures": {k: fig[k] for k in ("paper", "all_alive", "chance_all_alive_median", "n_dead")},
            "density_curve": density_curve(density, fig["corr"])}
@@ -98,6 +101,34 @@ _LEAD_COLUMNS = ["id", "recipe", "n_features", "sae_tokens_budget", "sae_tokens"
                  "features_paper_median", "features_all_alive_median", "neurons_median", "chance_paper_median",
                  "features_paper_n", "features_all_alive_n", "dead_frac_a", "ultralow_frac_a", "l0_a",
                  "loss_recovered_zero_a", "loss_recovered_mean_a", "fvu_a"]
+
+
+def redundancy_row(FA, FB, w_dec, counts_a, n_t: int, ultralow_density: float) -> dict:
+    """A point's copy figures: each dictionary's twin statistics (activation twins over at most the first
+    ``universality.TWIN_TOKENS`` tokens) and the matching views, many-to-one beside one-to-one, mutual and
+    de-duplicated (``FA [n_t, n]``, ``FB [n_t, n]``, ``w_dec``: the two decoders ``[n, d_mlp]``)."""
+    from .. import correlation
+    from . import redundancy as R
+    from .universality import TWIN_TOKENS, counted_mask, redundancy_block
+
+    counted = counted_mask(counts_a, n_t, ultralow_density)
+    counts_b = np.asarray(FB.getnnz(axis=0))
+    n_tw = min(n_t, TWIN_TOKENS)
+    ra, cla = redundancy_block(FA, w_dec[0], counts_a, counted, n_tw)
+    rb, clb = redundancy_block(FB, w_dec[1], counts_b, counted_mask(counts_b, n_t, ultralow_density), n_tw)
+    out = {"twin_tokens": int(n_tw)}
+    for side, r in (("a", ra), ("b", rb)):
+        for k in ("twin_median_act_corr", "twin_share_act_0.9", "twin_median_dec_cos", "twin_share_dec_0.9",
+                  "n_clusters_act_0.9", "n_clusters_dec_0.9"):
+            out[f"{k}_{side}"] = r.get(k)
+    v = R.view_figures(correlation.match(FA, FB, k=8), counted)
+    ia, ib = np.flatnonzero(cla.representative), np.flatnonzero(clb.representative)
+    d = R.view_figures(correlation.match(FA[:, ia], FB[:, ib], k=8), counted[ia])
+    out.update({"many_to_one_median": v["many_to_one_median"], "one_to_one_median": v["one_to_one_median"],
+                "mutual_share": v["mutual_share"], "n_distinct_best": v["n_distinct_best"],
+                "dedup_many_to_one_median": d["many_to_one_median"], "dedup_one_to_one_median": d["one_to_one_median"],
+                "dedup_n": d["n"]})
+    return out
 
 
 def point_id(recipe: str, n: int, budget: int, n_t: int) -> str:
@@ -234,6 +265,7 @@ def _measure(cfg, cfg_r, sc, recipe, n, budget, step, todo, points, fams, neuron
     FA_all, FB_all = fs[cfg.seed_a].acts(), fs[cfg.seed_b].acts()
     t_feat = time.perf_counter() - t0
     tokens, train_s = _budget_tokens(cfg_r, fams[cfg.seed_a], step)
+    w_dec = [fams[s].sae(n, step).W_dec.detach().cpu().numpy() for s in (cfg.seed_a, cfg.seed_b)]
     rows = []
     for n_t in todo:
         t1 = time.perf_counter()
@@ -246,7 +278,7 @@ def _measure(cfg, cfg_r, sc, recipe, n, budget, step, todo, points, fams, neuron
             "snapshot_step": step, "analysis_tokens": int(n_t),
             **_flat("features_paper", fig["paper"]), **_flat("features_all_alive", fig["all_alive"]),
             "chance_paper_median": fig["chance_paper_median"], "chance_all_alive_median": fig["chance_all_alive_median"],
-            **_flat("neurons", neur["figures"]["all_alive"]),
+            **_flat("neurons", neur["figures"]["paper"]),
             "neurons_chance_median": neur["figures"]["chance_all_alive_median"],
             "n_dead_a": fig["n_dead"], "n_ultralow_a": fig["n_ultralow"],
             "dead_frac_a": fig["n_dead"] / n, "ultralow_frac_a": fig["n_ultralow"] / n,
@@ -258,6 +290,7 @@ def _measure(cfg, cfg_r, sc, recipe, n, budget, step, todo, points, fams, neuron
             st = fs[s].stats
             for k in ("fvu", "l0", "loss_recovered_zero", "loss_recovered_mean", "mse"):
                 row[f"{k}_{side}"] = st.get(k)
+        row.update(redundancy_row(FA_all[:n_t], FB_all[:n_t], w_dec, fig["counts"], n_t, cfg.analysis.ultralow_density))
         if n == sc.density_bins_at:
             row["density_curve_features"] = density_curve(fig["counts"] / n_t, fig["corr"])
             row["density_curve_neurons"] = neur["density_curve"]
@@ -316,6 +349,7 @@ def _measure_stream(cfg, cfg_r, sc, recipe, n_t, n_split, items, fams, revision,
             st = P.sae_metrics(cfg_r, s, n, step, progress)
             for k in ("fvu", "l0", "loss_recovered_zero", "loss_recovered_mean", "mse"):
                 row[f"{k}_{side}"] = st.get(k)
+        row.update(redundancy_row(FA_all[:n_t], FB_all[:n_t], w_dec, fig["counts"], n_t, cfg.analysis.ultralow_density))
         if n == sc.density_bins_at:
             row["density_curve_features"] = density_curve(r.counts / r.n_tokens, r.corr)
             row["density_curve_neurons"] = density_curve(neur.counts / neur.n_tokens, neur.corr)

@@ -23,7 +23,9 @@ from .common import save_figure, write_table
 _STAT_COLUMNS = ("n_features", "mse", "fvu", "l0", "loss_recovered_zero", "loss_recovered_mean", "dead_frac",
                  "ultralow_frac", "n_dead", "n_ultralow", "n_density_tokens", "ultralow_density",
                  "median_log10_density", "l0_analysis", "loss_orig", "loss_sae", "loss_zero_ablation",
-                 "loss_mean_ablation", "n_eval_tokens", "sae_id")
+                 "loss_mean_ablation", "n_eval_tokens", "sae_id", "twin_median_act_corr", "twin_share_act_0.9",
+                 "twin_median_dec_cos", "twin_share_dec_0.9", "n_clusters_act_0.9", "n_clusters_dec_0.9",
+                 "n_twin_tokens")
 
 COLUMN_DEFINITIONS = {
     "n_features": "dictionary size (features)",
@@ -34,6 +36,11 @@ COLUMN_DEFINITIONS = {
     "l0_analysis": "as l0, over the n_density_tokens analysis tokens instead of the validation tokens",
     "loss_orig / loss_sae / loss_zero_ablation / loss_mean_ablation": "mean next-token loss (nats/token) over the "
         "n_eval_tokens validation tokens: unchanged model, MLP replaced by the reconstruction, by zeros, by its mean",
+    "twin_median_act_corr / twin_share_act_0.9": "median over counted features of the activation correlation with "
+        "their most similar OTHER feature of the same dictionary (over the first n_twin_tokens analysis tokens), and "
+        "the share whose twin correlates above 0.9",
+    "twin_median_dec_cos / twin_share_dec_0.9": "the same by the cosine of decoder rows",
+    "n_clusters_act_0.9 / n_clusters_dec_0.9": "distinct features: connected components of the twin graph above 0.9",
     "train_tokens": "activation vectors the dictionary was trained on",
     "train_tokens_per_s": "the family's training throughput: activation vectors through every dictionary of the "
                           "family per wall second (the slowest process's when trained over several)",
@@ -168,10 +175,10 @@ def _report(summary: dict, table: pd.DataFrame) -> str:
         f"{first['ultralow_density']:g} of them.",
         "",
         "| n | MSE | FVU | L0 | loss rec. (zero) | loss rec. (mean) | dead | ultralow | median log10 density | "
-        "train tokens | tokens/s |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "train tokens | tokens/s | twins > 0.9 (act / decoder) | distinct (act clusters) |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for r in table.itertuples():
+    for r, rd in zip(table.itertuples(), table.to_dict("records")):
         tok = getattr(r, "train_tokens", None)
         tps = getattr(r, "train_tokens_per_s", None)
         lines.append(
@@ -179,7 +186,9 @@ def _report(summary: dict, table: pd.DataFrame) -> str:
             f"{_f(r.loss_recovered_mean)} | {_f(r.dead_frac)} | {_f(r.ultralow_frac)} | "
             f"{_f(r.median_log10_density, 2)} | "
             f"{'n/a' if tok is None or not np.isfinite(tok) else f'{int(tok):,}'} | "
-            f"{'n/a' if tps is None or not np.isfinite(tps) else f'{tps:,.0f}'} |")
+            f"{'n/a' if tps is None or not np.isfinite(tps) else f'{tps:,.0f}'} | "
+            f"{_f(rd.get('twin_share_act_0.9'))} / {_f(rd.get('twin_share_dec_0.9'))} | "
+            f"{_f(rd.get('n_clusters_act_0.9'), 0)} |")
     lines += ["", "![feature density histogram](density_hist.png)", "", "## Definitions", ""]
     lines += [f"- `{k}`: {v}" for k, v in summary["metric_definitions"].items()]
     prov = summary["provenance"]

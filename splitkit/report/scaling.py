@@ -240,8 +240,15 @@ def headline(df: pd.DataFrame) -> list[dict]:
                     for k in ("recipe", "n_features", "sae_tokens", "analysis_tokens", "features_paper_median",
                               "features_paper_n", "features_all_alive_median", "features_all_alive_n",
                               "neurons_median", "chance_paper_median", "dead_frac_a", "ultralow_frac_a",
-                              "l0_a", "loss_recovered_zero_a", "loss_recovered_mean_a", "fvu_a")})
+                              "l0_a", "loss_recovered_zero_a", "loss_recovered_mean_a", "fvu_a",
+                              *COPY_COLUMNS) if k in r.index})
     return out
+
+
+#: a point's copy figures (version 2 on): twins per dictionary and the views that count copies once
+COPY_COLUMNS = ("one_to_one_median", "mutual_share", "dedup_many_to_one_median", "dedup_one_to_one_median",
+                "twin_share_act_0.9_a", "twin_share_act_0.9_b", "twin_share_dec_0.9_a", "twin_share_dec_0.9_b",
+                "twin_median_act_corr_a", "twin_median_act_corr_b", "n_clusters_act_0.9_a", "n_clusters_act_0.9_b")
 
 
 def _fmt(v, nd=3):
@@ -272,6 +279,20 @@ def report(summary: dict, flat: pd.DataFrame) -> str:
             "recipe", "n_features", "sae_tokens", "features_paper_median", "features_paper_n",
             "features_all_alive_median", "neurons_median", "chance_paper_median", "dead_frac_a", "ultralow_frac_a",
             "l0_a", "loss_recovered_zero_a", "loss_recovered_mean_a", "fvu_a")) + " |")
+    if any("one_to_one_median" in h for h in summary["headline"]):
+        lines += ["", "The same points with their copies counted once: one-to-one (Hungarian-equivalent assignment, "
+                  "unassigned as 0) and de-duplicated (one representative per activation-twin cluster at 0.9) medians, "
+                  "and each dictionary's share of features with an in-dictionary twin above 0.9.", "",
+                  "| recipe | n | SAE tokens | many-to-one (paper) | one-to-one | mutual share | de-duplicated | "
+                  "twins > 0.9 act (A / B) | twins > 0.9 decoder (A / B) | distinct (act clusters, A / B) |",
+                  "|---|---|---|---|---|---|---|---|---|---|"]
+        for h in summary["headline"]:
+            g = lambda k: _fmt(h.get(k))
+            lines.append(f"| {g('recipe')} | {g('n_features')} | {g('sae_tokens')} | {g('features_paper_median')} | "
+                         f"{g('one_to_one_median')} | {g('mutual_share')} | {g('dedup_many_to_one_median')} | "
+                         f"{g('twin_share_act_0.9_a')} / {g('twin_share_act_0.9_b')} | "
+                         f"{g('twin_share_dec_0.9_a')} / {g('twin_share_dec_0.9_b')} | "
+                         f"{g('n_clusters_act_0.9_a')} / {g('n_clusters_act_0.9_b')} |")
     figs = summary.get("figures", {})
     for key, caption in (("vs_tokens", "Universality vs SAE training tokens (neurons and chance as lines)"),
                          ("health", "Dead and ultralow fractions and loss recovered vs SAE tokens"),
@@ -281,9 +302,14 @@ def report(summary: dict, flat: pd.DataFrame) -> str:
         if key in figs:
             lines += ["", f"### {caption}", "", f"![{caption}]({figs[key][0]})"]
     lines += ["", "## Every grid point", "", "Columns: `scaling.csv`; definitions in `summary.json`.", ""]
-    cols = ["recipe", "n_features", "sae_tokens", "analysis_tokens", "features_paper_median", "features_all_alive_median",
+    cols = ["recipe", "n_features", "sae_tokens", "analysis_tokens", "features_paper_median", "one_to_one_median",
+            "dedup_many_to_one_median", "twin_share_act_0.9_a", "twin_share_act_0.9_b", "twin_share_dec_0.9_a",
+            "features_all_alive_median",
             "neurons_median", "chance_paper_median", "dead_frac_a", "loss_recovered_zero_a", "loss_recovered_zero_b",
             "l0_a", "l0_b", "family_train_s_to_budget"]
+    copy_cols = {"one_to_one_median", "dedup_many_to_one_median", "twin_share_act_0.9_a", "twin_share_act_0.9_b",
+                 "twin_share_dec_0.9_a"}
+    cols = [c for c in cols if c not in copy_cols or c in flat]  # points before version 2 lack the copy figures
     lines.append("| " + " | ".join(cols) + " |")
     lines.append("|" + "---|" * len(cols))
     for _, r in (flat[cols] if len(flat) else pd.DataFrame(columns=cols)).iterrows():

@@ -8,7 +8,7 @@ import numpy as np
 
 from ..cache import atomic_write_bytes, atomic_write_json
 from ..metrics import METRIC_DEFINITIONS
-from .escape import md_code
+from .escape import md_code, md_text
 from ..analyses.universality import PAPER_FIGURES
 from ..provenance import provenance
 from .common import save_figure, write_table
@@ -93,7 +93,8 @@ def write_universality(out: Path, res: dict, cfg, extra: dict | None = None) -> 
         **(extra or {}),
     }
     cols = ["a", "density_a", "count_a", "counted", "best_b", "corr", "mutual", "best_a_of_b", "assign_b",
-            "assign_corr", "logit_corr_of_match", "logit_best_b", "logit_best_corr", "attribution_corr_of_match",
+            "assign_corr", "logit_corr_of_match", "logit_corr_centred_of_match", "cluster_a", "representative_a",
+            "logit_best_b", "logit_best_corr", "attribution_corr_of_match",
             "density_b", "top_tokens_a", "top_tokens_b"]
     write_table(res["features"][[c for c in cols if c in res["features"]]], out / "matches")
     write_table(res["neurons"], out / "neuron_matches")
@@ -108,6 +109,93 @@ def write_universality(out: Path, res: dict, cfg, extra: dict | None = None) -> 
     atomic_write_json(out / "summary.json", summary)
     atomic_write_bytes(out / "report.md", _report(summary, res).encode())
     return summary
+
+
+def _ci(d: dict | None, key: str = "median") -> str:
+    if not d or d.get(key) is None:
+        return "n/a"
+    return f"{d[key]:.3f} [{d['lo']:.3f}, {d['hi']:.3f}]"
+
+
+def _intervals_lines(s: dict) -> list[str]:
+    iv = s.get("intervals")
+    if not iv:
+        return []
+    lines = ["## Intervals", "", f"{iv['how']}.", "",
+             "| figure | value [95% interval] |", "|---|---|",
+             f"| features, median max act corr | {_ci(iv['features_median'])} |",
+             f"| neurons, median max act corr | {_ci(iv['neurons_median'])} |",
+             f"| features − neurons | {_ci(iv['features_minus_neurons'], 'diff')} |",
+             f"| features, one-to-one median | {_ci(iv['features_one_to_one_median'])} |"]
+    rep = s.get("replicates")
+    if rep:
+        lines += ["", f"Over {rep['k']} replicates ({md_text(rep['how'])}): mean [95% t interval]:", "",
+                  "| figure | mean [95% interval] | per replicate |", "|---|---|---|"]
+        for key, r in rep["figures"].items():
+            per = ", ".join(_fmt(v) for v in r["values"])
+            lines.append(f"| {key} | {_fmt(r['mean'])} [{_fmt(r['lo'])}, {_fmt(r['hi'])}] | {per} |")
+    return lines + [""]
+
+
+def _views_lines(s: dict) -> list[str]:
+    v, red = s.get("views"), s.get("redundancy")
+    if not v or not red:
+        return []
+    fv, nv = v["features"], v["neurons"]
+    lines = ["## Copies inside each dictionary, and the matching views", "", md_text(red["how"]) + ".", "",
+             "| | run A | run B | neurons (A) |", "|---|---|---|---|"]
+    keys = [("twin_median_act_corr", "median twin act corr"), ("twin_share_act_0.9", "share with a twin > 0.9 (act)"),
+            ("twin_median_dec_cos", "median twin decoder cosine"), ("twin_share_dec_0.9", "share with a twin > 0.9 (decoder)"),
+            ("n_clusters_act_0.9", "distinct features (act clusters at 0.9)"),
+            ("n_clusters_dec_0.9", "distinct features (decoder clusters at 0.9)"),
+            ("largest_cluster_act", "largest act cluster"), ("n_counted", "units counted")]
+    for k, label in keys:
+        lines.append(f"| {label} | {_fmt(red['A'].get(k))} | {_fmt(red['B'].get(k))} | {_fmt(red['neurons_A'].get(k))} |")
+    lines += ["", md_text(v["how"]) + ". De-duplicated: " + md_text(fv.get("dedup_how", "")) + ".", "",
+              "| | many-to-one (paper) | one-to-one | mutual share | median of mutual | distinct best matches | n |",
+              "|---|---|---|---|---|---|---|",
+              f"| features | {_fmt(fv['many_to_one_median'])} | {_fmt(fv['one_to_one_median'])} | {_fmt(fv['mutual_share'])} | "
+              f"{_fmt(fv['mutual_median'])} | {fv['n_distinct_best']} | {fv['n']} |",
+              f"| features, de-duplicated | {_fmt(fv.get('dedup_many_to_one_median'))} | {_fmt(fv.get('dedup_one_to_one_median'))} | "
+              f"{_fmt(fv.get('dedup_mutual_share'))} | {_fmt(fv.get('dedup_mutual_median'))} | {fv.get('dedup_n_distinct_best')} | "
+              f"{fv.get('dedup_n')} |",
+              f"| neurons | {_fmt(nv['many_to_one_median'])} | {_fmt(nv['one_to_one_median'])} | {_fmt(nv['mutual_share'])} | "
+              f"{_fmt(nv['mutual_median'])} | {nv['n_distinct_best']} | {nv['n']} |", ""]
+    return lines
+
+
+def _baseline_lines(s: dict) -> list[str]:
+    b = s.get("baselines")
+    if not b:
+        return []
+    f, n = s["features"], s["neurons"]
+    bf, bn = b["features"], b["neurons"]
+    lines = ["## Baselines beside every view", "", md_text(b["how"]) + ".", "",
+             "| view | features: matched | random pairs | shuffled-token matches | neurons: matched | random pairs | "
+             "shuffled-token matches |", "|---|---|---|---|---|---|---|",
+             f"| activation corr | {_fmt(f['median_max_act_corr'])} | {_fmt(bf['random_act_corr_median'])} | "
+             f"{_fmt(s['chance']['features_shuffled_median_max_act_corr'])} | {_fmt(n['median_max_act_corr'])} | "
+             f"{_fmt(bn['random_act_corr_median'])} | {_fmt(s['chance']['neurons_shuffled_median_max_act_corr'])} |",
+             f"| logit-effect corr (raw) | {_fmt(f['median_logit_corr_of_match'])} | {_fmt(bf['random_logit_corr_median'])} | "
+             f"{_fmt(bf['shuffled_logit_corr_median'])} | {_fmt(n['median_logit_corr_of_match'])} | "
+             f"{_fmt(bn['random_logit_corr_median'])} | {_fmt(bn['shuffled_logit_corr_median'])} |",
+             f"| logit-effect corr (centred) | {_fmt(f.get('median_logit_corr_centred_of_match'))} | "
+             f"{_fmt(bf['random_logit_corr_centred_median'])} | {_fmt(bf['shuffled_logit_corr_centred_median'])} | "
+             f"{_fmt(n.get('median_logit_corr_centred_of_match'))} | {_fmt(bn['random_logit_corr_centred_median'])} | "
+             f"{_fmt(bn['shuffled_logit_corr_centred_median'])} |",
+             f"| attribution corr | {_fmt(f.get('median_attribution_corr_of_match'))} | "
+             f"{_fmt(bf['random_attribution_corr_median'])} | {_fmt(bf['shuffled_attribution_corr_median'])} | "
+             f"{_fmt(n.get('median_attribution_corr_of_match'))} | {_fmt(bn['random_attribution_corr_median'])} | "
+             f"{_fmt(bn['shuffled_attribution_corr_median'])} |", "",
+             f"Neurons' attribution view over the first {b['n_neuron_attribution_tokens']:,} analysis positions."]
+    sc = s.get("attribution_scale")
+    if sc:
+        lines += ["", f"Attribution with the final LN's true per-position 1/sigma (first {sc['n_tokens']:,} positions; "
+                  f"1/sigma varies by {100 * sc['inv_sigma_cv_a']:.0f}% / {100 * sc['inv_sigma_cv_b']:.0f}% (coefficient "
+                  f"of variation, A / B)): median {_fmt(sc['exact_median'])} against {_fmt(sc['frozen_median'])} with the "
+                  f"frozen scale; per feature the two differ by {_fmt(sc['median_abs_diff'])} (median) and "
+                  f"{_fmt(sc['p95_abs_diff'])} (95th percentile)."]
+    return lines + [""]
 
 
 def _report(summary: dict, res: dict) -> str:
@@ -149,8 +237,16 @@ def _report(summary: dict, res: dict) -> str:
         f"{_fmt(n['frac_mutual'])} | |",
         f"| number included | {f['n_included']} | {f['all_alive']['n_included']} | {n['n_included']} | |",
         "",
-        f"Counted features: {f['which']}. Dead: {f['n_dead']}; alive but too rare to count: {f['n_excluded_rare']}.",
+        f"| median max act corr, dead counted as 0 | {_fmt(f.get('median_max_act_corr_dead_as_0'))} | | "
+        f"{_fmt(n.get('median_max_act_corr_dead_as_0'))} | |",
         "",
+        f"Exclusion rule: {s.get('exclusion_rule', 'n/a')}. Counted features: {f['which']}. Dead: {f['n_dead']}; "
+        f"alive but too rare to count: {f['n_excluded_rare']}. Neurons: {n.get('n_included')} counted, "
+        f"{n.get('n_dead', 'n/a')} dead, {n.get('n_excluded_rare', 'n/a')} too rare.",
+        "",
+        *_intervals_lines(s),
+        *_views_lines(s),
+        *_baseline_lines(s),
         "![max correlation histogram](max_corr_hist.png)",
         "",
         "![activation vs logit correlation](act_vs_logit_corr.png)",
@@ -175,10 +271,14 @@ def _report(summary: dict, res: dict) -> str:
     lines += ["", "## How the figures are computed", "",
               "- Max activation correlation: exact Pearson correlation over the analysis tokens between a feature of A "
               "and every feature of B; the best is kept (`matches.parquet`: `best_b`, `corr`).",
-              "- Logit effect: decoder direction -> MLP output weights -> final LN (centring and gain; 1/sigma is a "
-              "positive per-position scalar that no correlation sees) -> unembedding.",
+              "- Logit effect: decoder direction -> MLP output weights -> final LN (centring and gain; its 1/sigma is "
+              "frozen: a positive per-position scalar, invisible to the logit-effect correlation over the vocabulary) "
+              "-> unembedding. Centred variant: each basis' mean logit-effect vector over all its units is "
+              "subtracted from every row before correlating.",
               "- Attribution: per position, activation times the logit effect on the actual next token; correlation of "
-              "those vectors for the matched pair.",
+              "those vectors over positions for the matched pair. The final LN's 1/sigma varies by position and LM, "
+              "so the frozen scale is an approximation; its error is measured above (true per-position 1/sigma "
+              "against the frozen one).",
               "- Chance: the same matching after permuting B's tokens.",
               "", f"Code version {md_code(summary['provenance']['git_revision'])}; "
               f"command {md_code(summary['provenance']['command'])}.", ""]
