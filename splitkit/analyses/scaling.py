@@ -349,7 +349,8 @@ def _measure_stream(cfg, cfg_r, sc, recipe, n_t, n_split, items, fams, revision,
             st = P.sae_metrics(cfg_r, s, n, step, progress)
             for k in ("fvu", "l0", "loss_recovered_zero", "loss_recovered_mean", "mse"):
                 row[f"{k}_{side}"] = st.get(k)
-        row.update(redundancy_row(FA_all[:n_t], FB_all[:n_t], w_dec, fig["counts"], n_t, cfg.analysis.ultralow_density))
+        # streamed points keep only correlation sums, not the feature activations the twin figures need
+        row["redundancy"] = "not measured on a streamed analysis set"
         if n == sc.density_bins_at:
             row["density_curve_features"] = density_curve(r.counts / r.n_tokens, r.corr)
             row["density_curve_neurons"] = density_curve(neur.counts / neur.n_tokens, neur.corr)
