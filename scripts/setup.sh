@@ -16,14 +16,21 @@ cd "$(dirname "$0")/.."
 say() { echo "[setup] $*" >&2; }
 die() { echo "[setup] error: $*" >&2; exit 1; }
 
-TORCH_SPEC=${SPLITKIT_TORCH:-torch==2.13.0}
+# The CPU build: "+cpu" is found in a local wheel folder (pip's find-links) or on PyTorch's own CPU
+# index; a plain "torch==2.13.0" from PyPI is, on Linux, a CUDA build of several GB.
+TORCH_SPEC=${SPLITKIT_TORCH:-torch==2.13.0+cpu}
+TORCH_INDEX=https://download.pytorch.org/whl/cpu
 stamp_of() { "$1" -c 'import hashlib,sys; print(hashlib.sha256(open("pyproject.toml","rb").read()).hexdigest(), sys.version.split()[0])'; }
 
 install_into() {  # $1: interpreter
   local py=$1
   if ! "$py" -c "import torch" >/dev/null 2>&1; then
     say "no torch in $py: installing the CPU wheel $TORCH_SPEC"
-    "$py" -m pip install -q "$TORCH_SPEC" >&2 || die "could not install $TORCH_SPEC into $py"
+    if ! "$py" -m pip install -q "$TORCH_SPEC" --extra-index-url "$TORCH_INDEX" --timeout 20 >&2; then
+      say "warning: $TORCH_SPEC is neither in a local wheel folder nor reachable at $TORCH_INDEX;"
+      say "warning: installing torch==2.13.0 from the package index instead (on Linux a CUDA build of several GB)"
+      "$py" -m pip install -q "torch==2.13.0" >&2 || die "could not install torch into $py (set SPLITKIT_TORCH to a requirement that works here)"
+    fi
   fi
   say "installing splitkit and its dependencies into $py"
   "$py" -m pip install -q -e ".[test]" >&2 || die "pip could not install splitkit into $py (see above)"
