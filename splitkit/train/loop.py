@@ -79,7 +79,7 @@ class FamilyTrainer:
 
     @torch.no_grad()
     def train_step(self, write: Any = None) -> None:
-        """Resample if due, fetch batch ``self.step``, step every dictionary on it, then snapshot /
+        """Resample if due, run the recipe's ``before_step`` (l1_log: merge), fetch batch ``self.step``, step every dictionary on it, then snapshot /
         checkpoint if due. ``write``: a callable for messages (e.g. ``tqdm.write``)."""
         cfg, step = self.cfg, self.step
         if step >= cfg.n_steps:
@@ -91,6 +91,13 @@ class FamilyTrainer:
                 if write is not None:
                     write(f"step {step} {m.name}: resampled {rec['n_resampled']}, dead {rec['dead_before']} "
                           f"-> {rec['dead_after']}")
+        recipe = cfg.recipe_object
+        for m in self.members:  # a recipe's own change between steps (l1_log's merge), like resampling
+            rec = recipe.before_step(m, self.source, step, cfg)
+            if rec is not None:
+                m.resamples.append(rec)
+                if write is not None:
+                    write(f"step {step} {m.name}: {rec.get('kind', 'recipe')} re-initialised {rec['n_resampled']}")
         x = self.source.get_batch(step).to(device=self.device, dtype=torch.float32)  # [B, d], fetched once
         for m in self.members:
             train_member_step(m, x, step, cfg, self.mm_dtype, self.reducer)
@@ -151,7 +158,8 @@ def train_family(saes: list[SparseAutoencoder], source: ActivationSource, cfg: T
     in ``out_dir/final/sae_{n}/``; a nested recipe's prefixes (``cfg.prefixes``) below a dictionary's
     size are saved beside it as ``sae_{m}`` (:func:`~.checkpoint.write_views`). Returns ``{"step", "tokens", "elapsed_s", "tokens_per_s",
     "matmul_dtype", "saes": {name: {"n_features", "tokens_seen", "log": {step, loss, mse, l1, aux,
-    l0, sparse}, "resamples": [{step, dead_before, n_resampled, dead_after}], "dead",
+    l0, sparse}, "resamples": [{step, dead_before, n_resampled, dead_after}, or a recipe's own records such as l1_log's
+    {step, kind: "merge", pairs, groups, n_resampled}], "dead",
     "last_window_tokens"}}}`` (names: ``sae_{n}``, or ``sae_{n}_seed{s}`` when sizes repeat).
     """
     trainer = FamilyTrainer(saes, source, cfg, out_dir=out_dir, device=device)

@@ -26,6 +26,16 @@ methods; adding a recipe is writing one subclass of :class:`Recipe` and decorati
     the encoder at the decoder's transpose. b_dec starts at the elementwise mean of the inputs
     (the update starts it at 0 and normalises inputs instead; centring only moves where
     optimisation starts). Gradient clipping, also in the update, is not done here.
+``"l1_log"`` -- l1_decnorm (same initialisation and schedules) with two changes that remove its
+    near-copies (docs/copies.md: copies form because the L1 penalty is indifferent to how one output
+    is split between identical features). (1) Penalty lambda * sum_i phi(f_i ||W_dec,i||) with
+    phi(u) = s log(1 + u/s), s = 0.03 (``penalty_scale``): strictly concave, so splitting an output
+    between copies costs more than one feature carrying it. (2) A merge step
+    (:mod:`splitkit.train.merge`) every 25 steps from 20% to 80% of the run: on the 16 batches
+    before the step, features whose activations correlate above 0.9 (both firing on >= 10 tokens)
+    are grouped, the most frequent member keeps the group's output (its decoder row takes the
+    others' rows weighted by their least-squares activation ratios), the others are re-initialised
+    as by the paper's resampling. Used with lambda = 1e-3 (docs/recipes.md).
 ``"topk"`` -- Gao et al. 2024, *Scaling and evaluating sparse autoencoders* (OpenAI). f keeps the k
     largest pre-activations per token (ReLU'd); loss = MSE + (1/32) * AuxK, where AuxK is the MSE
     between the main residual e = x - x_hat (held fixed) and its reconstruction from the top
@@ -55,6 +65,8 @@ import torch
 if TYPE_CHECKING:
     from ..sae import SparseAutoencoder
     from .config import TrainerConfig
+    from .member import Member
+    from .source import ActivationSource
     from .step import Buffers, StepStats
 
 _REGISTRY: dict[str, "Recipe"] = {}
@@ -120,6 +132,23 @@ class L1Penalty:
         """Unweighted penalty from ``f_sum [n]`` (each feature's sum over the batch); adds any decoder gradient."""
         return f_sum.sum() / self.batch
 
+    def active_grad(self, cols: torch.Tensor, vals: torch.Tensor) -> torch.Tensor:
+        """The weighted penalty's gradient at the active pairs (``cols``, ``vals`` [nnz]) -> ``[nnz]``.
+
+        ``grad_active`` spread over the pairs; a penalty whose gradient depends on the activation
+        overrides this (and :meth:`add_dense_grad`)."""
+        c = self.grad_active
+        return c.index_select(0, cols) if isinstance(c, torch.Tensor) else torch.full_like(vals, c)
+
+    def add_dense_grad(self, G: torch.Tensor, f: torch.Tensor) -> None:
+        """Dense path: add the weighted penalty's gradient to ``G [r, n]`` (dLoss/df of a chunk of
+        rows, before the ReLU mask) given the chunk's activations ``f [r, n]``."""
+        c = self.grad_active
+        if isinstance(c, torch.Tensor):
+            G.add_(c.to(G.dtype))
+        elif c:
+            G.add_(c)
+
 
 class DecoderNormL1Penalty(L1Penalty):
     """``lambda * sum_i f_i ||W_dec,i||``: the L1 penalty weighted by each decoder row's norm.
@@ -140,6 +169,50 @@ class DecoderNormL1Penalty(L1Penalty):
     def dense_value(self, W_dec: torch.Tensor, f_sum: torch.Tensor) -> torch.Tensor:
         value = torch.dot(f_sum, self.dec_norm) / self.batch
         W_dec.grad.addcmul_(W_dec, (f_sum * (self.weight / self.batch) / self.dec_norm.clamp_min(1e-12)).unsqueeze(1))
+        return value
+
+
+class LogDecNormPenalty(DecoderNormL1Penalty):
+    """``lambda * sum_i phi(f_i ||W_dec,i||)`` with ``phi(u) = s log(1 + u/s)`` (docs/copies.md).
+
+    phi(0) = 0 and phi'(0) = 1, so small outputs are penalised as by ``DecoderNormL1Penalty``; phi is
+    strictly concave, so splitting one output between copies costs more than keeping it in one
+    feature (k phi(u/k) > phi(u)), and large outputs are shrunk less. Gradients (u = f ||d_i||):
+    on an active pre-activation ``lambda/B * ||d_i|| / (1 + u/s)``; on the decoder row
+    ``lambda/B * (sum_t f / (1 + u/s)) * d_i / ||d_i||``. The dense path accumulates the sums it
+    needs chunk by chunk in :meth:`add_dense_grad`.
+    """
+
+    def __init__(self, W_dec: torch.Tensor, l1_coeff: float, batch: int, scale: float) -> None:
+        super().__init__(W_dec, l1_coeff, batch)
+        self.scale = float(scale)
+        n = W_dec.shape[0]
+        self._phi_sum = torch.zeros(n, device=W_dec.device)  # [n] sum over the batch of phi(u)
+        self._w_sum = torch.zeros(n, device=W_dec.device)  # [n] sum over the batch of f / (1 + u/s)
+
+    def active_grad(self, cols: torch.Tensor, vals: torch.Tensor) -> torch.Tensor:
+        c = self.grad_active.index_select(0, cols)  # [nnz] lambda/B ||d_i||
+        u = vals * self.dec_norm.index_select(0, cols)
+        return c.div_(u.div_(self.scale).add_(1.0))
+
+    def add_dense_grad(self, G: torch.Tensor, f: torch.Tensor) -> None:
+        u = f.float() * self.dec_norm  # [r, n]
+        self._phi_sum += torch.log1p(u / self.scale).sum(0).mul_(self.scale)
+        shrink = u.div_(self.scale).add_(1.0).reciprocal_()  # [r, n] 1 / (1 + u/s)
+        self._w_sum += (f.float() * shrink).sum(0)
+        G.add_(shrink.mul_(self.grad_active).to(G.dtype))
+
+    def sparse_value(self, W_dec: torch.Tensor, cols: torch.Tensor, vals: torch.Tensor) -> torch.Tensor:
+        u = vals * self.dec_norm.index_select(0, cols)  # [nnz]
+        n = W_dec.shape[0]
+        self._phi_sum = torch.zeros(n, device=W_dec.device).index_add_(0, cols, torch.log1p(u / self.scale) * self.scale)
+        self._w_sum = torch.zeros(n, device=W_dec.device).index_add_(0, cols, vals / (1.0 + u / self.scale))
+        return self.dense_value(W_dec, None)
+
+    def dense_value(self, W_dec: torch.Tensor, f_sum: torch.Tensor | None) -> torch.Tensor:
+        """From the sums gathered by :meth:`sparse_value` or :meth:`add_dense_grad` (``f_sum`` unused)."""
+        value = self._phi_sum.sum() / self.batch
+        W_dec.grad.addcmul_(W_dec, (self._w_sum * (self.weight / self.batch) / self.dec_norm.clamp_min(1e-12)).unsqueeze(1))
         return value
 
 
@@ -210,6 +283,12 @@ class Recipe:
         """bool ``[n]``: the latents an auxiliary loss reconstructs the residual from (None: no such loss)."""
         return None
 
+    # -- between steps
+    def before_step(self, member: "Member", source: "ActivationSource", step: int, cfg: "TrainerConfig") -> dict | None:
+        """Called by the loop before batch ``step`` (after any resampling): a recipe's own change
+        to the dictionary (``l1_log``'s merge step); returns a record for the member's log, or None."""
+        return None
+
     # -- the decoder constraint, around the optimiser step
     @torch.no_grad()
     def constrain_gradient(self, sae: "SparseAutoencoder") -> None:
@@ -256,6 +335,38 @@ class L1DecNormRecipe(Recipe):
 
     def penalty(self, W_dec: torch.Tensor, l1_coeff: float, batch: int) -> L1Penalty:
         return DecoderNormL1Penalty(W_dec, l1_coeff, batch)
+
+
+@register
+class L1LogRecipe(L1DecNormRecipe):
+    """l1_decnorm with a concave (log) penalty on each feature's output and a periodic merge of
+    co-firing features: the fix for near-copies (docs/copies.md)."""
+
+    name = "l1_log"
+    penalty_scale: ClassVar[float] = 0.03  # s of phi(u) = s log(1 + u/s)
+    merges: ClassVar[bool] = True
+    merge_every: ClassVar[int] = 25  # steps
+    merge_from: ClassVar[float] = 0.2  # shares of n_steps: the window the merge runs in
+    merge_until: ClassVar[float] = 0.8
+    merge_corr: ClassVar[float] = 0.9  # activation correlation above which two features merge
+    merge_min_count: ClassVar[int] = 10  # both must fire on at least this many of the tokens
+    merge_batches: ClassVar[int] = 16  # batches before the step the correlation is measured on
+
+    def penalty(self, W_dec: torch.Tensor, l1_coeff: float, batch: int) -> L1Penalty:
+        return LogDecNormPenalty(W_dec, l1_coeff, batch, self.penalty_scale)
+
+    def merge_due(self, step: int, n_steps: int) -> bool:
+        """Whether the merge runs before batch ``step`` of ``n_steps``."""
+        return (self.merges and step > 0 and step % self.merge_every == 0
+                and self.merge_from * n_steps <= step <= self.merge_until * n_steps)
+
+    def before_step(self, member: "Member", source: "ActivationSource", step: int, cfg: "TrainerConfig") -> dict | None:
+        if not self.merge_due(step, cfg.n_steps):
+            return None
+        from .merge import merge_step  # merge imports the member module, which imports this one
+
+        return merge_step(member, source, step, cfg.seed, corr=self.merge_corr, min_count=self.merge_min_count,
+                          n_batches=self.merge_batches)
 
 
 @register

@@ -7,7 +7,7 @@ on the active pairs only: decode and both weight gradients are gathered sums
 (``embedding_bag``), and the gradient of the pre-activations is needed only at active pairs
 (``sampled_addmm``, an SDDMM); the gradient reaching b_dec through x_bar needs only
 ``W_enc @ sum_b dpre_b`` (a GEMV). So five of the six dense GEMMs of a plain step disappear, and the
-penalty's gradient is a constant per feature on the active pairs. Early in training, while half of
+penalty's gradient on the active pairs comes from the penalty object (a constant per feature for L1). Early in training, while half of
 the features fire, the step falls back to dense GEMMs (the break-even is near 12% of pairs active).
 Work buffers are kept between steps (fresh multi-MiB allocations cost page faults on every step on
 CPU). Large dictionaries are processed in row chunks of the batch so memory stays bounded.
@@ -115,9 +115,9 @@ def sae_step(sae: SparseAutoencoder, x: torch.Tensor, *, recipe: str | Recipe, l
     inv = 2.0 / (B * d)  # d(mean of squares)/d(residual) factor
     low = mm_dtype != torch.float32
 
-    # The penalty's gradient on an active pre-activation is a constant per feature (float or [n]).
+    # The penalty's gradient on an active pre-activation: a constant per feature, or (log penalty)
+    # a function of the activation too (``penalty.active_grad`` / ``add_dense_grad``).
     penalty = get_recipe(recipe).penalty(W_dec, l1_coeff, B)
-    c_feat = penalty.grad_active
 
     xbar = torch.sub(x, b_dec, out=bufs.get("xbar", (B, d)))  # [B, d]
     xbar_mm = xbar.to(mm_dtype) if low else xbar
@@ -217,7 +217,7 @@ def sae_step(sae: SparseAutoencoder, x: torch.Tensor, *, recipe: str | Recipe, l
     ones_B.fill_(1.0)
 
     # ---- gradient at the active pre-activations only (SDDMM), plus L1's constant ------------
-    base = c_feat.index_select(0, cols) if isinstance(c_feat, torch.Tensor) else torch.full_like(vals, c_feat)
+    base = penalty.active_grad(cols, vals)  # [nnz]
     dpre = _sddmm(crow, cols, base, err, W_dec.t(), n, inv) if nnz else vals.clone()  # [nnz]
     if topk:
         dpre.mul_(vals > 0)  # ReLU after topk: no gradient through kept-but-negative entries
@@ -283,7 +283,6 @@ def _dense_relu_step(sae, x, xbar, xbar_mm, W_enc_mm, b_enc_mm, pre0, chunk, pen
     B, d = x.shape
     n = sae.n_features
     low = mm_dtype != torch.float32
-    c_feat = penalty.grad_active
     W_dec_mm = W_dec.to(mm_dtype) if low else W_dec
     grad_buf = bufs.get("G", (chunk, n), mm_dtype)  # [chunk, n] dLoss/dpre
     mask_buf = bufs.get("maskF", (chunk, n), mm_dtype)  # [chunk, n] 1.0 where pre > 0
@@ -317,10 +316,7 @@ def _dense_relu_step(sae, x, xbar, xbar_mm, W_enc_mm, b_enc_mm, pre0, chunk, pen
         g_sum += g.sum(0)
         g_mm = g.to(mm_dtype) if low else g
         G = torch.mm(g_mm, W_dec_mm.t(), out=grad_buf[:r])  # [r, n] dLoss/df
-        if isinstance(c_feat, torch.Tensor):
-            G.add_(c_feat.to(G.dtype))
-        elif c_feat:
-            G.add_(c_feat)
+        penalty.add_dense_grad(G, f)
         G.mul_(mask)  # ReLU backward
         db_enc += colsum(G)
         if low:

@@ -1,0 +1,101 @@
+"""The merge step of the ``l1_log`` recipe: co-firing features become one (docs/copies.md, "The fix").
+
+On the batches just before a step, features whose activations correlate above ``corr`` (both
+firing on at least ``min_count`` of those tokens) are joined (union-find over each feature's top
+activation twins). In each group the member firing most often, r, is kept and takes the others'
+output: ``W_dec,r += c_j W_dec,j`` with ``c_j = sum_t f_tr f_tj / sum_t f_tr^2`` (the least-squares
+ratio of j's activation to r's), so the reconstruction is unchanged where ``f_j = c_j f_r``; the
+others are re-initialised as the paper's resampling does, at the median live decoder norm.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+
+from .member import Member
+from .resample import sample_inputs
+from .source import ActivationSource, mix_seed
+
+
+def _groups(twin_index: np.ndarray, twin_value: np.ndarray, ok: np.ndarray, corr: float) -> tuple[list[list[int]], int]:
+    """Connected components (size > 1) of the pairs (i, twin) above ``corr`` among features ``ok``."""
+    parent = np.arange(ok.size)
+
+    def find(a: int) -> int:
+        while parent[a] != a:
+            parent[a] = parent[parent[a]]
+            a = parent[a]
+        return int(a)
+
+    n_pairs = 0
+    for i in np.flatnonzero(ok):
+        for j, v in zip(twin_index[i], twin_value[i]):
+            if j >= 0 and v > corr and ok[j]:
+                n_pairs += 1
+                ri, rj = find(int(i)), find(int(j))
+                if ri != rj:
+                    parent[max(ri, rj)] = min(ri, rj)
+    groups: dict[int, list[int]] = {}
+    for a in np.flatnonzero(ok):
+        groups.setdefault(find(int(a)), []).append(int(a))
+    return [g for g in groups.values() if len(g) > 1], n_pairs
+
+
+@torch.no_grad()
+def merge_step(m: Member, source: ActivationSource, step: int, seed: int, *, corr: float = 0.9,
+               min_count: int = 10, n_batches: int = 16, k: int = 4) -> dict:
+    """Merge the co-firing features of ``m`` on the ``n_batches`` batches before ``step``, in place.
+
+    Resets Adam's moments of every kept and re-initialised feature and ``steps_since_fired`` of the
+    re-initialised ones. Randomness from ``mix_seed(seed, step, n, sae seed, 78)`` (resume-safe).
+    Returns ``{"step", "kind": "merge", "pairs", "groups", "n_resampled"}``.
+    """
+    from ..analyses.redundancy import activation_twins  # analyses import the package's core
+
+    sae = m.sae
+    n = sae.n_features
+    device = sae.W_dec.device
+    X = sample_inputs(source, n_batches * source.batch_size, step, device)  # [M, d]
+    f = sae.encode(X).float()  # [M, n]
+    counts = (f > 0).sum(0).cpu().numpy()  # [n]
+    ok = counts >= min_count
+    record = {"step": step, "kind": "merge", "pairs": 0, "groups": 0, "n_resampled": 0}
+    if ok.sum() < 2:
+        return record
+    tw = activation_twins(sp.csr_matrix(f.cpu().numpy()), k=min(k, n - 1))
+    groups, n_pairs = _groups(tw.index, tw.value, ok, corr)
+    record.update(pairs=n_pairs, groups=len(groups))
+    if not groups:
+        return record
+    drop, kept = [], []
+    for g in groups:
+        r = max(g, key=lambda a: (int(counts[a]), -a))  # fires most; lowest index on ties
+        fr = f[:, r]
+        den = torch.dot(fr, fr).clamp_min(1e-12)
+        for j in g:
+            if j != r:
+                sae.W_dec[r] += (torch.dot(fr, f[:, j]) / den) * sae.W_dec[j]
+                drop.append(j)
+        kept.append(r)
+    dead = torch.tensor(sorted(drop), dtype=torch.long, device=device)
+    err = (sae(X) - X).pow(2).sum(1).double()  # [M] squared reconstruction error after the merge
+    weights = err.pow(2)
+    if not torch.isfinite(weights).all() or weights.sum() <= 0:
+        weights = torch.ones_like(weights)
+    gen = torch.Generator(device=weights.device).manual_seed(mix_seed(seed, step, n, sae.cfg.seed, 78))
+    pick = torch.multinomial(weights, dead.numel(), replacement=dead.numel() > X.shape[0], generator=gen)
+    v = X.index_select(0, pick) - sae.b_dec  # [n_drop, d]
+    v = v / v.norm(dim=1, keepdim=True).clamp_min(1e-12)
+    live = torch.ones(n, dtype=torch.bool, device=device)
+    live[dead] = False
+    dec_norm = sae.W_dec.norm(dim=1)[live].median()
+    enc_norm = sae.W_enc[:, live].norm(dim=0).mean()
+    sae.W_dec[dead] = v * dec_norm
+    sae.W_enc[:, dead] = (v * (0.2 * enc_norm)).t()
+    sae.b_enc[dead] = 0
+    m.reset_moments(torch.tensor(sorted(drop + kept), dtype=torch.long, device=device))
+    m.steps_since_fired[dead] = 0
+    record["n_resampled"] = int(dead.numel())
+    return record
