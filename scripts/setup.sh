@@ -26,7 +26,9 @@ install_into() {  # $1: interpreter
   local py=$1
   if ! "$py" -c "import torch" >/dev/null 2>&1; then
     say "no torch in $py: installing the CPU wheel $TORCH_SPEC"
-    if ! "$py" -m pip install -q "$TORCH_SPEC" --extra-index-url "$TORCH_INDEX" --timeout 20 --retries 1 >&2; then
+    # a local wheel first (no network), then PyTorch's CPU index, then the package index's build
+    if ! "$py" -m pip install -q "$TORCH_SPEC" >/dev/null 2>&1 \
+       && ! "$py" -m pip install -q "$TORCH_SPEC" --extra-index-url "$TORCH_INDEX" --timeout 20 --retries 1 >&2; then
       say "warning: $TORCH_SPEC is neither in a local wheel folder nor reachable at $TORCH_INDEX;"
       say "warning: installing torch==2.13.0 from the package index instead (on Linux a CUDA build of several GB)"
       "$py" -m pip install -q "torch==2.13.0" >&2 || die "could not install torch into $py (set SPLITKIT_TORCH to a requirement that works here)"
