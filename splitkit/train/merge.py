@@ -14,6 +14,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
+from ..correlation.twins import activation_twins
 from .member import Member
 from .resample import sample_inputs
 from .source import ActivationSource, mix_seed
@@ -52,8 +53,6 @@ def merge_step(m: Member, source: ActivationSource, step: int, seed: int, *, cor
     re-initialised ones. Randomness from ``mix_seed(seed, step, n, sae seed, 78)`` (resume-safe).
     Returns ``{"step", "kind": "merge", "pairs", "groups", "n_resampled"}``.
     """
-    from ..analyses.redundancy import activation_twins  # analyses import the package's core
-
     sae = m.sae
     n = sae.n_features
     device = sae.W_dec.device
