@@ -30,7 +30,7 @@ import torch
 
 from ..sae import SAEConfig, SparseAutoencoder
 from .recipes import Recipe, get_recipe
-from .step import Buffers, StepStats, _bag_sum, _sddmm, _stable_argsort
+from .step import Buffers, StepStats, _bag_sum, _sddmm, _stable_argsort, prepare_step
 
 
 # Every prefix's MSE has weight 1 (Bussmann et al. sum them): the last block's features then trade
@@ -76,12 +76,7 @@ def nested_step(sae: SparseAutoencoder, x: torch.Tensor, *, prefixes: tuple[int,
     if sae.cfg.architecture != "relu":
         raise ValueError(f"nested_step: needs a relu dictionary, got {sae.cfg.architecture!r}")
     W_enc, b_enc, W_dec, b_dec = sae.W_enc, sae.b_enc, sae.W_dec, sae.b_dec
-    dev = W_enc.device
-    bufs = buffers if buffers is not None else Buffers(dev)
-    for p in (W_enc, b_enc, W_dec, b_dec):
-        if p.grad is None or p.grad.shape != p.shape:
-            p.grad = torch.zeros_like(p)
-    x = x.to(device=dev, dtype=torch.float32)
+    dev, bufs, x = prepare_step(sae, x, buffers)
     B, d = x.shape
     n = sae.n_features
     ends = block_ends(n, prefixes)

@@ -88,6 +88,16 @@ class StepStats:
     sparse: bool
 
 
+def prepare_step(sae: SparseAutoencoder, x: torch.Tensor, buffers: "Buffers | None"):
+    """What every hand-written step starts with: gradient tensors of the parameters' shape, the
+    work buffers, and ``x`` as float32 on the dictionary's device. Returns ``(device, buffers, x)``."""
+    dev = sae.W_enc.device
+    for p in (sae.W_enc, sae.b_enc, sae.W_dec, sae.b_dec):
+        if p.grad is None or p.grad.shape != p.shape:
+            p.grad = torch.zeros_like(p)
+    return dev, (buffers if buffers is not None else Buffers(dev)), x.to(device=dev, dtype=torch.float32)
+
+
 @torch.no_grad()
 def sae_step(sae: SparseAutoencoder, x: torch.Tensor, *, recipe: str | Recipe, l1_coeff: float,
              mm_dtype: torch.dtype = torch.float32, sparse_density_max: float = 0.1,
@@ -102,12 +112,7 @@ def sae_step(sae: SparseAutoencoder, x: torch.Tensor, *, recipe: str | Recipe, l
     sparse one (tests compare both against autograd).
     """
     W_enc, b_enc, W_dec, b_dec = sae.W_enc, sae.b_enc, sae.W_dec, sae.b_dec
-    dev = W_enc.device
-    bufs = buffers if buffers is not None else Buffers(dev)
-    for p in (W_enc, b_enc, W_dec, b_dec):
-        if p.grad is None or p.grad.shape != p.shape:
-            p.grad = torch.zeros_like(p)
-    x = x.to(device=dev, dtype=torch.float32)
+    dev, bufs, x = prepare_step(sae, x, buffers)
     B, d = x.shape
     n = sae.n_features
     topk = sae.cfg.architecture == "topk"
