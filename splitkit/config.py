@@ -145,21 +145,20 @@ class DictConfig(_Section):
     """A family of dictionaries trained together on one model's activations."""
 
     # 2,048 features, 2M tokens: the cheapest configuration we found that meets the quality targets
-    # (loss recovered >= 85% on both runs at L0 <= 20) with features 0.2 above neurons; bigger or
-    # longer-trained dictionaries reconstruct better but match across seeds less (docs/results.md).
+    # (loss recovered >= 85% on both runs at L0 <= 20) on this CPU (docs/results.md).
     sizes: tuple[int, ...] = (2048,)
-    # l1_decnorm (Anthropic, April 2024) by default: on this CPU's budget the paper's recipe leaves most
-    # of a 4096 dictionary as rare resampled features that match nothing, while l1_decnorm keeps every
-    # feature alive and the finding shows (docs/results.md has the curves that decided this).
-    recipe: str = "l1_decnorm"
+    # l1_log (docs/copies.md): l1_decnorm's L1 x decoder-norm penalty left half of each dictionary
+    # as near-copies (twins > 0.9: 58% / 46%); a log penalty on f * ||d|| plus a merge of twins every
+    # 25 steps brings that under 5% (3.9% / 2.6%) and reconstructs better (96% of the loss at L0 11-14).
+    recipe: str = "l1_log"
     n_tokens: int = 2_000_000
     batch_size: int = 4096
     lr: float = 1e-3
-    # The loss averages the squared error over the 512 inputs, so lambda is on that scale. Measured on
-    # the stdlib LMs at 2048 features, 2M tokens (this schedule): l1_decnorm 1.6e-3 -> L0 18, loss
-    # recovered 87.7%, features vs neurons +0.19; 1.8e-3 -> L0 16, 85.7%, +0.20; 2.0e-3 -> L0 15,
-    # 83.8%. The paper recipe needs ~1.2e-3 for L0 ~14 at 4096 features.
-    l1_coeff: float = 1.8e-3
+    # lambda of the L1 recipes; None: the recipe's own (``Recipe.default_l1_coeff``: l1_log 1e-3 ->
+    # L0 11.2 / 13.8 and 95.9% / 96.4% of the loss recovered on runs A / B at 2048 features, 2M tokens;
+    # l1_decnorm 1.8e-3; paper 1.2e-3). The loss averages the squared error over the 512 inputs, so
+    # lambda is on that scale.
+    l1_coeff: float | None = None
     k: int = 32
     matmul_dtype: str = "auto"  # bf16 GEMMs where the hardware has them (CUDA, AMX/AVX512-BF16), else fp32
     seed: int = 0
@@ -182,11 +181,25 @@ class DictConfig(_Section):
             raise ConfigError(f"dict.l1_warmup_tokens must be empty (the recipe's own) or >= 0 tokens, got {w!r}")
         if f is not None and not (isinstance(f, (int, float)) and 0 <= f <= 1):
             raise ConfigError(f"dict.lr_decay_frac must be empty (the recipe's own) or in [0, 1], got {f!r}")
+        lam = self.l1_coeff
+        if lam is not None and not (isinstance(lam, (int, float)) and not isinstance(lam, bool) and lam > 0):
+            raise ConfigError(f"dict.l1_coeff must be empty (the recipe's own) or a positive number, got {lam!r}")
+
+    @property
+    def lam(self) -> float | None:
+        """lambda in force: ``l1_coeff``, or the recipe's own default when it is unset."""
+        if self.l1_coeff is not None:
+            return self.l1_coeff
+        from .train.recipes import get_recipe
+
+        return get_recipe(self.recipe).default_l1_coeff
 
     def key_dict(self) -> dict:
         """``to_dict`` for cache keys: unset schedule fields are left out, so caches keyed before
-        these fields existed stay valid."""
+        these fields existed stay valid; an unset lambda is keyed by the value in force, so leaving
+        it to the recipe and naming the same value share one cache entry."""
         d = self.to_dict()
+        d["l1_coeff"] = self.lam
         for name in ("l1_warmup_tokens", "lr_decay_frac"):
             if d[name] is None:
                 del d[name]

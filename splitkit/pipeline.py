@@ -413,7 +413,7 @@ def trainer_config(cfg: Config):
     dc = cfg.dict
     n_steps = max(1, dc.n_tokens // dc.batch_size)
     snaps = tuple(sorted({max(1, t // dc.batch_size) for t in dc.snapshot_tokens if t // dc.batch_size < n_steps}))
-    return TrainerConfig(recipe=dc.recipe, lr=dc.lr, l1_coeff=dc.l1_coeff,
+    return TrainerConfig(recipe=dc.recipe, lr=dc.lr, l1_coeff=dc.lam if dc.lam is not None else 0.0,
                          prefixes=get_recipe(dc.recipe).family_layout(dc.sizes).prefixes,
                          k=dc.k if get_recipe(dc.recipe).uses_k else None, n_steps=n_steps, batch_size=dc.batch_size,
                          matmul_dtype=dc.matmul_dtype, seed=dc.seed, snapshot_steps=snaps,

@@ -30,6 +30,9 @@ def base_parser(description: str) -> argparse.ArgumentParser:
     p.add_argument("--text-column", default=None, help="column holding the text in a .jsonl/.parquet corpus")
     p.add_argument("--device", default=None, help="torch device, e.g. cpu or cuda (default: the preset's)")
     p.add_argument("--cache", default=None, help="cache folder for every pipeline stage (default .cache)")
+    p.add_argument("--lm-tokens", default=None,
+                   help="tokens each transformer trains on, e.g. '3M' or '12M' (default: the preset's; epochs of "
+                        "the train split past its size)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--verify", action="store_true",
                    help="re-hash every cached file against its manifest, whatever the stamps of earlier checks say")
@@ -55,6 +58,10 @@ def config_from_args(args):
         over["device"] = args.device
     if args.cache:
         over["cache_dir"] = args.cache
+    if getattr(args, "lm_tokens", None) is not None:
+        from splitkit.config import parse_token_count
+
+        over["lm"] = {"n_tokens": parse_token_count(args.lm_tokens, "--lm-tokens")}
     cfg = cfg.with_overrides(**over)
     check_device(cfg.device)
     if getattr(args, "verify", False):

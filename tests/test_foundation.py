@@ -115,6 +115,26 @@ def test_dict_schedule_reaches_the_trainer_and_round_trips():
             DictConfig(**bad)
 
 
+def test_unset_lambda_is_the_recipes_own_and_shares_its_cache_key():
+    from splitkit.train.recipes import get_recipe
+
+    cfg = get_preset("default")
+    assert cfg.dict.l1_coeff is None
+    for name in ("l1_log", "l1_decnorm", "paper", "matryoshka"):
+        d = cfg.with_overrides(dict={"recipe": name}).dict
+        assert d.lam == get_recipe(name).default_l1_coeff > 0
+        assert P.trainer_config(cfg.with_overrides(dict={"recipe": name})).l1_coeff == d.lam
+        # leaving lambda to the recipe and naming the same value is one cache entry; another value is not
+        named = cfg.with_overrides(dict={"recipe": name, "l1_coeff": d.lam}).dict
+        assert named.key_dict() == d.key_dict()
+        assert cfg.with_overrides(dict={"recipe": name, "l1_coeff": 2 * d.lam}).dict.key_dict() != d.key_dict()
+    assert get_recipe("l1_log").default_l1_coeff != get_recipe("l1_decnorm").default_l1_coeff
+    assert cfg.with_overrides(dict={"recipe": "topk"}).dict.lam is None
+    for bad in (0, -1e-3, "1e-3", True):
+        with pytest.raises(ConfigError):
+            DictConfig(l1_coeff=bad)
+
+
 def _tiny_tokens(n=20000, vocab=64, seed=0):
     # A learnable stream: a noisy repeating pattern, so a few steps must lower the loss.
     rng = np.random.default_rng(seed)

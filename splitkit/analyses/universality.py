@@ -38,6 +38,18 @@ class Side:
     W_dec: np.ndarray | None = None  # [n_features, d_mlp] decoder rows (decoder twins); None: skipped
 
 
+# The dense Hungarian is exact and takes ~3 s at 4,096 x 4,096 (scipy, this CPU); the top-k graph's
+# maximum-cardinality matching leaves weakly matched features unassigned (counted as 0), which
+# understated the one-to-one median of dictionaries whose matches are weak (0.09 against 0.30
+# dense on the l1_log default), so it is kept for sizes where the dense matrix is too large.
+DENSE_ASSIGNMENT_LIMIT = 1 << 24
+
+
+def one_to_one_method(n_a: int, n_b: int) -> str:
+    """"dense" (Hungarian on the full matrix) up to ``DENSE_ASSIGNMENT_LIMIT`` entries, else "topk"."""
+    return "dense" if n_a * n_b <= DENSE_ASSIGNMENT_LIMIT else "topk"
+
+
 def counted_mask(counts: np.ndarray, n_tokens: int, ultralow_density: float, min_count: int = 1) -> np.ndarray:
     """The features the paper counts: alive (at least ``min_count`` firings, 1 by default) and not of
     ultralow density (``counts / n_tokens >= ultralow_density``). ``counts: [n]`` firings over
@@ -310,8 +322,7 @@ def analyse(a: Side, b: Side, next_tokens: np.ndarray, cfg: Config, top_token_id
         raise ValueError(f"next_tokens must have one entry per analysis token ({n_tok}), got {len(next_tokens)}")
     rng = np.random.default_rng(ac.shuffle_seed)
 
-    # one-to-one assignment on the top-k graph: Hungarian on a dense 4096 x 4096 matrix takes minutes
-    assignment = "topk" if FA.shape[1] * FB.shape[1] > 1 << 20 else "dense"
+    assignment = one_to_one_method(FA.shape[1], FB.shape[1])
     feats = correlation.match(FA, FB, k=ac.top_k, assignment=assignment)
     # neurons come as CSR (load_side), so the sparse engine gives exact correlations (dtype only
     # matters for dense inputs, where float32 stays within ~1e-6); column statistics once for the
@@ -437,7 +448,7 @@ def analyse(a: Side, b: Side, next_tokens: np.ndarray, cfg: Config, top_token_id
     red_na, _ = redundancy_block(a.neuron_acts, None, ncounts_a, n_counted, n_twin)
     views = R.view_figures(feats, counted)
     ia, ib = np.flatnonzero(cl_a.representative), np.flatnonzero(cl_b.representative)
-    dd = correlation.match(FA[:, ia], FB[:, ib], k=ac.top_k, assignment="topk" if ia.size * ib.size > 1 << 20 else "dense")
+    dd = correlation.match(FA[:, ia], FB[:, ib], k=ac.top_k, assignment=one_to_one_method(ia.size, ib.size))
     dviews = R.view_figures(dd, counted[ia])
     views.update({f"dedup_{k}": v for k, v in dviews.items()})
     views["dedup_n_b"] = int(ib.size)

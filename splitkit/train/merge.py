@@ -44,6 +44,12 @@ def _groups(twin_index: np.ndarray, twin_value: np.ndarray, ok: np.ndarray, corr
     return [g for g in groups.values() if len(g) > 1], n_pairs
 
 
+def _dot(a: np.ndarray, b: np.ndarray) -> float:
+    """float64 dot product by numpy's pairwise sum: the same bits at any thread count (torch.dot and
+    a float64 torch.sum split the sum by threads, so a run's merges depended on the thread count)."""
+    return float(np.add.reduce(a.astype(np.float64) * b.astype(np.float64)))
+
+
 @torch.no_grad()
 def merge_step(m: Member, source: ActivationSource, step: int, seed: int, *, corr: float = 0.9,
                min_count: int = 10, n_batches: int = 16, k: int = 4) -> dict:
@@ -68,14 +74,15 @@ def merge_step(m: Member, source: ActivationSource, step: int, seed: int, *, cor
     record.update(pairs=n_pairs, groups=len(groups))
     if not groups:
         return record
+    fn = f.cpu().numpy()
     drop, kept = [], []
     for g in groups:
         r = max(g, key=lambda a: (int(counts[a]), -a))  # fires most; lowest index on ties
-        fr = f[:, r]
-        den = torch.dot(fr, fr).clamp_min(1e-12)
+        fr = fn[:, r]
+        den = max(_dot(fr, fr), 1e-12)
         for j in g:
             if j != r:
-                sae.W_dec[r] += (torch.dot(fr, f[:, j]) / den) * sae.W_dec[j]
+                sae.W_dec[r] += float(_dot(fr, fn[:, j]) / den) * sae.W_dec[j]
                 drop.append(j)
         kept.append(r)
     dead = torch.tensor(sorted(drop), dtype=torch.long, device=device)

@@ -236,7 +236,8 @@ class Recipe:
     Class attributes: ``name`` (registry key); ``architecture`` ("relu" or "topk", the
     dictionaries it trains); ``uses_k`` (its sparsity is TopK's k, not lambda); ``resamples``
     (resample dead features at ``TrainerConfig.resolved_resample_steps``); ``unit_norm_decoder``;
-    ``l1_warmup_frac`` / ``lr_decay_frac`` (schedule defaults, shares of the run); ``version`` (the
+    ``l1_warmup_frac`` / ``lr_decay_frac`` (schedule defaults, shares of the run); ``default_l1_coeff``
+    (lambda when ``DictConfig.l1_coeff`` is left unset; None for recipes without lambda); ``version`` (the
     recipe's own code version: above 0 it enters the cache key of its families, so a change to one
     recipe's training rebuilds only that recipe's families; bump it when their output changes).
     """
@@ -248,6 +249,7 @@ class Recipe:
     unit_norm_decoder: ClassVar[bool] = True
     l1_warmup_frac: ClassVar[float] = 0.0
     lr_decay_frac: ClassVar[float] = 0.0
+    default_l1_coeff: ClassVar[float | None] = None
     version: ClassVar[int] = 0
 
     # -- initialisation
@@ -312,6 +314,7 @@ class PaperRecipe(Recipe):
     """Towards Monosemanticity (2023): L1, unit-norm decoder, resampling of dead features."""
 
     name = "paper"
+    default_l1_coeff = 1.2e-3  # L0 ~14 at 4,096 features, 3M tokens (docs/recipes.md)
     resamples = True
 
 
@@ -320,6 +323,7 @@ class L1DecNormRecipe(Recipe):
     """Anthropic's April 2024 update: L1 weighted by decoder norms, a free decoder, schedules."""
 
     name = "l1_decnorm"
+    default_l1_coeff = 1.8e-3  # L0 16, 85.7% loss recovered at 2,048 features, 2M tokens
     unit_norm_decoder = False
     l1_warmup_frac = 0.05
     lr_decay_frac = 0.2
@@ -343,6 +347,8 @@ class L1LogRecipe(L1DecNormRecipe):
     co-firing features: the fix for near-copies (docs/copies.md)."""
 
     name = "l1_log"
+    default_l1_coeff = 1e-3  # L0 11-14, 96% loss recovered at 2,048 features, 2M tokens
+    version = 1  # 1: the merge's least-squares ratios summed by numpy (the same at any thread count)
     penalty_scale: ClassVar[float] = 0.03  # s of phi(u) = s log(1 + u/s)
     merges: ClassVar[bool] = True
     merge_every: ClassVar[int] = 25  # steps
@@ -390,6 +396,7 @@ class MatryoshkaRecipe(L1DecNormRecipe):
     each reconstruct on their own; l1_decnorm's penalty, schedules and initialisation."""
 
     name = "matryoshka"
+    default_l1_coeff = 1.8e-3  # as l1_decnorm, whose penalty it keeps
     version = 1  # 1: prefix MSEs summed (the first build, at commit 1e55e9c, averaged them)
 
     def family_layout(self, sizes: tuple[int, ...]) -> FamilyLayout:
