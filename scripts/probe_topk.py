@@ -1,7 +1,10 @@
 """Probe: one TopK dictionary on the default preset's activations of LM seed 0, trained and measured.
 
-    nice -n 10 python scripts/probe_topk.py 16 /tmp/topk_k16            # k, work folder (resumable)
-    nice -n 10 python scripts/probe_topk.py 32 /tmp/topk_k32 '{"n_tokens": 2000000}'
+    PYTHONPATH=. nice -n 10 python scripts/probe_topk.py 16 /tmp/topk_k16            # k, work folder (resumable)
+    PYTHONPATH=. nice -n 10 python scripts/probe_topk.py 32 /tmp/topk_k32 '{"n_tokens": 2000000}'
+
+(``PYTHONPATH=.``: a script's own folder, not the checkout, heads ``sys.path``; without it an installed
+splitkit from another checkout is the one imported.)
 
 Trains ``--recipe topk`` at 4,096 latents on the preset's training store (the trainer config the
 pipeline would use, ``pipeline.trainer_config``; JSON overrides of DictConfig fields as the third

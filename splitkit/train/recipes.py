@@ -396,7 +396,7 @@ class TopKRecipe(Recipe):
         """Zero the Adam moments of the latents that went dead at the end of the last step.
 
         Why: Adam's second moment (beta2 = 0.999, a memory of ~1,000 steps, longer than our runs)
-        still holds the reconstruction gradients of the latent's live days, which are 20-100x AuxK's,
+        still holds the reconstruction gradients of the latent's live days, about 10x AuxK's,
         so AuxK moved it at ~1/20 of the learning rate; at that pace the bias falls faster than the
         encoder column turns toward the residual, and the latent sinks further below the top k.
         The state that says when: ``steps_since_fired`` reaches the window exactly once per death,
