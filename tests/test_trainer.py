@@ -53,7 +53,8 @@ def reference_loss(sae, x, recipe, lam, dead=None, aux_k=None, aux_coeff=1 / 32)
         vals, idx = pre[:, di].topk(kaux, dim=1)
         f_aux = torch.zeros(x.shape[0], di.numel()).scatter(1, idx, vals.relu())
         e = (x - x_hat).detach()
-        loss = loss + aux_coeff * (f_aux @ sae.W_dec[di] - e).pow(2).mean()
+        # Gao et al.'s normalised MSE: divided by the residual's variance over the batch (a constant)
+        loss = loss + aux_coeff * (f_aux @ sae.W_dec[di] - e).pow(2).mean() / (e - e.mean(0)).pow(2).mean()
     return loss
 
 

@@ -37,10 +37,14 @@ methods; adding a recipe is writing one subclass of :class:`Recipe` and decorati
     others' rows weighted by their least-squares activation ratios), the others are re-initialised
     as by the paper's resampling. Used with lambda = 1e-3 (docs/recipes.md).
 ``"topk"`` -- Gao et al. 2024, *Scaling and evaluating sparse autoencoders* (OpenAI). f keeps the k
-    largest pre-activations per token (ReLU'd); loss = MSE + (1/32) * AuxK, where AuxK is the MSE
-    between the main residual e = x - x_hat (held fixed) and its reconstruction from the top
-    k_aux = d_in/2 pre-activations among dead latents (dead = no firing in the window). Unit-norm
-    decoder with the parallel gradient removed; b_dec at the geometric median.
+    largest pre-activations per token (ReLU'd); loss = MSE + (1/32) * AuxK, where AuxK is the squared
+    error between the main residual e = x - x_hat (held fixed) and its reconstruction from the top
+    k_aux = d_in/2 pre-activations among dead latents, divided by the residual's variance over the
+    batch (their normalised MSE); dead = no firing in the trainer's dead window (2.5% of the run:
+    49k tokens of a 2M-token run; they use 10M tokens of runs of billions). Encoder = decoder
+    transpose at init, unit-norm decoder with the parallel gradient removed, b_dec at the geometric
+    median. Ours in addition: a latent's Adam moments are zeroed when it goes dead (the fix for the
+    dead latents, docs/recipes.md).
 ``"matryoshka"`` -- Bussmann et al. 2025, *Learning Multi-Level Features with Matryoshka Sparse
     Autoencoders*; Nabeshima 2024, *Matryoshka Sparse Autoencoders*. One dictionary of the family's
     largest size n whose prefixes [0:m_1], ..., [0:n] (the family's sizes) each reconstruct the input
@@ -377,17 +381,38 @@ class L1LogRecipe(L1DecNormRecipe):
 
 @register
 class TopKRecipe(Recipe):
-    """Gao et al. (2024): k largest pre-activations, no penalty, AuxK on dead latents."""
+    """Gao et al. (2024): k largest pre-activations, no penalty, AuxK on dead latents.
+
+    A latent that has just gone dead (no firing in the last ``dead_window`` steps) has its Adam
+    moments zeroed, so that AuxK's gradient, far smaller than the reconstruction gradients its
+    second moment still remembers, moves it at the learning rate (docs/recipes.md, "topk")."""
 
     name = "topk"
     architecture = "topk"
     uses_k = True
+    version = 1  # 1: AuxK normalised by the residual's variance, Adam moments reset on death
 
     def penalty(self, W_dec: torch.Tensor, l1_coeff: float, batch: int) -> L1Penalty:
         return L1Penalty(0.0, batch)  # no sparsity penalty: k sets the sparsity (the L1 is still reported)
 
     def aux_latents(self, steps_since_fired: torch.Tensor, dead_window: int) -> torch.Tensor | None:
         return steps_since_fired >= dead_window
+
+    def before_step(self, member: "Member", source: "ActivationSource", step: int, cfg: "TrainerConfig") -> dict | None:
+        """Zero the Adam moments of the latents that went dead at the end of the last step.
+
+        Why: Adam's second moment (beta2 = 0.999, a memory of ~1,000 steps, longer than our runs)
+        still holds the reconstruction gradients of the latent's live days, about 10x AuxK's,
+        so AuxK moved it at ~1/20 of the learning rate; at that pace the bias falls faster than the
+        encoder column turns toward the residual, and the latent sinks further below the top k.
+        The state that says when: ``steps_since_fired`` reaches the window exactly once per death,
+        so this needs no state of its own and a resumed run resets the same latents."""
+        if cfg.aux_coeff <= 0:
+            return None
+        newly = (member.steps_since_fired == cfg.resolved_dead_window).nonzero().squeeze(1)
+        if newly.numel():
+            member.reset_moments(newly)
+        return None
 
 
 @register

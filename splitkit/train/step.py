@@ -234,12 +234,18 @@ def sae_step(sae: SparseAutoencoder, x: torch.Tensor, *, recipe: str | Recipe, l
     if kaux:
         a_rows, a_cols, a_vals = torch.cat(aux_rows_l), torch.cat(aux_cols_l), torch.cat(aux_vals_l)
         a_crow = torch.arange(0, B * kaux + 1, kaux, device=dev)
-        # AuxK: reconstruct the (fixed) residual e = x - x_hat = -err from dead latents, no bias.
+        # AuxK (Gao et al. 2024): reconstruct the (fixed) residual e = x - x_hat = -err from dead
+        # latents, no bias; the squared error is divided by the residual's variance over the batch
+        # (their normalised MSE), a constant of the step: aux = ||e_hat - e||^2 / sum_b ||e_b - mean(e)||^2.
         a_err = torch.add(_bag_sum(W_dec, a_cols, a_crow, a_vals), err, out=table[B:])  # e_hat - e
         a_flat = a_err.view(-1)
-        aux_loss = torch.dot(a_flat, a_flat) / (B * d)
-        a_scale = aux_coeff * inv
-        a_dpre = _sddmm(a_crow, a_cols, torch.zeros_like(a_vals), a_err, W_dec.t(), n, a_scale).mul_(a_vals > 0)
+        err_mean = torch.mv(err.t(), ones_B).div_(B)  # [d]
+        var_e = mse - torch.dot(err_mean, err_mean) / d  # mean over batch and dims of (e - mean e)^2
+        inv_var = torch.where(var_e > 1e-20, 1.0 / var_e.clamp_min(1e-20), torch.zeros_like(var_e))  # e = 0: no AuxK
+        aux_loss = torch.dot(a_flat, a_flat) / (B * d) * inv_var
+        a_scale = inv_var * (aux_coeff * inv)  # 0-d tensor: no host sync on an accelerator
+        a_dpre = _sddmm(a_crow, a_cols, torch.zeros_like(a_vals), a_err, W_dec.t(), n, 1.0).mul_(a_scale)
+        a_dpre.mul_(a_vals > 0)
         # One gathered sum serves both losses: aux rows index the second half of the table.
         tab_rows = torch.cat([rows, a_rows + B])
         tab_cols = torch.cat([cols, a_cols])
