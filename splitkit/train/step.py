@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from ..sae import SparseAutoencoder
+from . import kernels
 from .recipes import Recipe, get_recipe
 
 
@@ -146,6 +147,10 @@ def sae_step(sae: SparseAutoencoder, x: torch.Tensor, *, recipe: str | Recipe, l
             dead_idx = None
     kaux = 0 if dead_idx is None else min(aux_k or d // 2, dead_idx.numel())
     neg_b_enc = None if topk else (-b_enc).to(mm_dtype)  # [n]
+    if not topk and kernels.usable(x):
+        # CPU with numba: fused threshold / decode+SDDMM / weight-gradient kernels (kernels.py).
+        return _sparse_relu_step_fused(sae, x, xbar, xbar_mm, W_enc_mm, b_enc_mm, neg_b_enc, pre_buf, chunk,
+                                       penalty, inv, mm_dtype, sparse_density_max, bufs)
     for s in range(0, B, chunk):
         e = min(B, s + chunk)
         r = e - s
@@ -275,6 +280,73 @@ def sae_step(sae: SparseAutoencoder, x: torch.Tensor, *, recipe: str | Recipe, l
     return StepStats(loss=loss, mse=mse, l1=l1, aux=aux_loss, fire_counts=counts, sparse=True)
 
 
+def _sparse_relu_step_fused(sae, x, xbar, xbar_mm, W_enc_mm, b_enc_mm, neg_b_enc, pre_buf, chunk, penalty, inv,
+                            mm_dtype, sparse_density_max, bufs) -> StepStats:
+    """The ReLU step of :func:`sae_step` on the CPU kernels of :mod:`.kernels`: the same pairs, the same
+    gradients (up to fp32 summation order), about a third of the passes over memory.
+
+    A pair is active iff ``z > bf(-b_enc)`` (the comparison in the GEMM's dtype, as the torch path
+    does) and ``z + b_enc > 0`` in fp32. The path is chosen from the first 256 rows, as on the torch
+    path (there the count is of the first condition alone; they differ only where bf16 rounding
+    puts a pair on the threshold).
+    """
+    W_enc, b_enc, W_dec, b_dec = sae.W_enc, sae.b_enc, sae.W_dec, sae.b_dec
+    B, d = x.shape
+    n = sae.n_features
+    b32 = b_enc.detach().contiguous()
+    nb32 = neg_b_enc.float().contiguous()  # the bf16-rounded -b_enc, exactly, in fp32
+    row_counts = torch.zeros(B, dtype=torch.long)
+    cols_l: list[torch.Tensor] = []
+    vals_l: list[torch.Tensor] = []
+    for s in range(0, B, chunk):
+        e = min(B, s + chunk)
+        r = e - s
+        pre = torch.mm(xbar_mm[s:e], W_enc_mm, out=pre_buf[:r])  # [r, n] z = x_bar @ W_enc
+        if s == 0:
+            probe = min(r, 256)
+            kernels.active_pairs_chunk(pre[:probe], b32, nb32, row_counts, 0)
+            density = row_counts[:probe].sum().item() / (probe * n)
+            if density > sparse_density_max:
+                pre.add_(b_enc_mm)
+                return _dense_relu_step(sae, x, xbar, xbar_mm, W_enc_mm, b_enc_mm, pre, chunk, penalty, inv,
+                                        mm_dtype, bufs)
+            if probe < r:
+                kernels.active_pairs_chunk(pre[probe:], b32, nb32, row_counts, probe)
+        else:
+            kernels.active_pairs_chunk(pre, b32, nb32, row_counts, s)
+        local = torch.zeros(r + 1, dtype=torch.long)
+        torch.cumsum(row_counts[s:e], 0, out=local[1:])
+        m = int(local[-1])
+        cols_c, vals_c = torch.empty(m, dtype=torch.long), torch.empty(m, dtype=torch.float32)
+        kernels.fill_pairs_chunk(pre, b32, nb32, local, 0, cols_c, vals_c)
+        cols_l.append(cols_c)
+        vals_l.append(vals_c)
+    cols = cols_l[0] if len(cols_l) == 1 else torch.cat(cols_l)  # [nnz] row-major, columns ascending
+    vals = vals_l[0] if len(vals_l) == 1 else torch.cat(vals_l)
+    crow = torch.zeros(B + 1, dtype=torch.long)
+    torch.cumsum(row_counts, 0, out=crow[1:])
+    rows = torch.repeat_interleave(torch.arange(B), row_counts)  # [nnz]
+
+    # Decode and the gradient at the active pairs in one pass per row; the factor 2/(B d) of
+    # dLoss/dx_hat is folded into alpha and the weights, as on the torch path.
+    err = bufs.get("table", (B, d))  # [B, d] x_hat - x
+    base = penalty.active_grad(cols, vals)  # [nnz]
+    dpre, row_sq = kernels.decode_sddmm(crow, cols, vals, base, W_dec.detach(), xbar, inv, err)
+    mse = row_sq.sum() / (B * d)
+
+    # Weight gradients per feature, written in place (W_enc's straight into its [d, n] layout).
+    ccol, perm = kernels.csc_order(cols, n)
+    kernels.weight_grads(ccol, perm, rows, vals * inv, err, rows, dpre, xbar, W_dec.grad, W_enc.grad, b_enc.grad)
+    ones_B = bufs.get("ones_B", (B,))
+    ones_B.fill_(1.0)
+    g_sum = torch.mv(err.t(), ones_B).mul_(inv)  # [d]
+    torch.addmv(g_sum, W_enc, b_enc.grad, alpha=-1.0, out=b_dec.grad)
+
+    l1 = penalty.sparse_value(W_dec, cols, vals)  # also adds the penalty's own W_dec gradient, if any
+    loss = mse + penalty.weight * l1
+    return StepStats(loss=loss, mse=mse, l1=l1, aux=torch.zeros(()), fire_counts=ccol.diff(), sparse=True)
+
+
 def _dense_relu_step(sae, x, xbar, xbar_mm, W_enc_mm, b_enc_mm, pre0, chunk, penalty, inv, mm_dtype,
                      bufs) -> StepStats:
     """Dense fallback (many features active): the six GEMMs of a plain step, chunked over rows.
@@ -290,7 +362,7 @@ def _dense_relu_step(sae, x, xbar, xbar_mm, W_enc_mm, b_enc_mm, pre0, chunk, pen
     low = mm_dtype != torch.float32
     W_dec_mm = W_dec.to(mm_dtype) if low else W_dec
     grad_buf = bufs.get("G", (chunk, n), mm_dtype)  # [chunk, n] dLoss/dpre
-    mask_buf = bufs.get("maskF", (chunk, n), mm_dtype)  # [chunk, n] 1.0 where pre > 0
+    mask_buf = None  # [chunk, n] 1.0 where pre > 0 (the torch ops' path)
     ones = torch.ones(chunk, device=dev)
     counts = torch.zeros(n, device=dev)
     f_sum = torch.zeros(n, device=dev)
@@ -301,6 +373,22 @@ def _dense_relu_step(sae, x, xbar, xbar_mm, W_enc_mm, b_enc_mm, pre0, chunk, pen
     def colsum(a: torch.Tensor) -> torch.Tensor:  # [r, n] -> [n] in fp32
         return torch.mv(a.t(), ones[: a.shape[0]]) if not low else a.sum(0, dtype=torch.float32)
 
+    # bf16 on CPU with numba: the ReLU and its statistics, then the penalty's constant and the ReLU
+    # mask on dLoss/df with its column sums, each in one pass (kernels.py) instead of six.
+    fused = low and kernels.usable(x)
+    c_active = None
+    own_grad = True  # the penalty adds its gradient to G itself
+    if fused:
+        from .recipes import L1Penalty
+
+        own_grad = type(penalty).add_dense_grad is not L1Penalty.add_dense_grad
+        if not own_grad:  # a constant per feature
+            c = penalty.grad_active
+            c = c if isinstance(c, torch.Tensor) else torch.full((n,), float(c), device=dev)
+            c_active = c.to(mm_dtype).float().contiguous()  # as torch's bf16 add rounds it
+        else:
+            c_active = torch.zeros(n, device=dev)
+
     for s in range(0, B, chunk):
         e = min(B, s + chunk)
         r = e - s
@@ -308,10 +396,15 @@ def _dense_relu_step(sae, x, xbar, xbar_mm, W_enc_mm, b_enc_mm, pre0, chunk, pen
             pre = pre0
         else:
             pre = torch.addmm(b_enc_mm, xbar_mm[s:e], W_enc_mm, out=bufs.get("pre", (chunk, n), mm_dtype)[:r])
-        mask = torch.gt(pre, 0, out=mask_buf[:r])
-        counts += colsum(mask)
-        f = pre.relu_()  # [r, n]
-        f_sum += colsum(f)
+        if fused:
+            kernels.dense_relu_(pre, counts, f_sum)
+            f = pre  # [r, n] relu'd in place
+        else:
+            mask_buf = mask_buf if mask_buf is not None else bufs.get("maskF", (chunk, n), mm_dtype)
+            mask = torch.gt(pre, 0, out=mask_buf[:r])
+            counts += colsum(mask)
+            f = pre.relu_()  # [r, n]
+            f_sum += colsum(f)
         if low:
             err = (f @ W_dec_mm).float().sub_(xbar[s:e])  # [r, d] x_hat - x
         else:
@@ -321,9 +414,14 @@ def _dense_relu_step(sae, x, xbar, xbar_mm, W_enc_mm, b_enc_mm, pre0, chunk, pen
         g_sum += g.sum(0)
         g_mm = g.to(mm_dtype) if low else g
         G = torch.mm(g_mm, W_dec_mm.t(), out=grad_buf[:r])  # [r, n] dLoss/df
-        penalty.add_dense_grad(G, f)
-        G.mul_(mask)  # ReLU backward
-        db_enc += colsum(G)
+        if fused:
+            if own_grad:
+                penalty.add_dense_grad(G, f)  # a penalty whose gradient depends on f
+            kernels.dense_grad_mask_(G, f, c_active, db_enc)
+        else:
+            penalty.add_dense_grad(G, f)
+            G.mul_(mask)  # ReLU backward
+            db_enc += colsum(G)
         if low:
             # bf16 GEMMs give bf16 gradients (as under autocast); they are accumulated in fp32.
             dW_dec, dW_enc = f.t() @ g_mm, xbar_mm[s:e].t() @ G  # [n, d], [d, n]

@@ -1,0 +1,261 @@
+"""Fused CPU kernels of the sparse training step (numba; :mod:`.step` falls back to torch ops without it).
+
+The profile of the sparse step (docs/performance.md) showed that after the encoder GEMM most of the
+time went to passes over ``[B, n]`` and ``[nnz, d]`` data that torch runs as separate ops: a
+bf16 comparison against the bias, ``nonzero``, index arithmetic, then ``embedding_bag`` (decode),
+``sampled_addmm`` (the SDDMM), a stable sort, two more ``embedding_bag`` calls and a transposed
+copy of the encoder gradient. Each kernel here does one of those groups in one pass, rows (or
+features) in parallel, each output written by one thread in a fixed order: the results do not
+depend on the thread count.
+
+- :func:`active_pairs`: the threshold pass over the GEMM output (bf16 as uint16 bit patterns).
+- :func:`decode_sddmm`: per row, the residual ``f @ W_dec - x_bar`` and then, while the same
+  decoder rows are in cache, the gradient at the row's active pairs.
+- :func:`csc_order`: a counting sort of the pairs by feature (stable, O(nnz)).
+- :func:`weight_grads`: per feature, both weight gradients and the encoder bias gradient; the encoder
+  gradient is written straight into its ``[d, n]`` layout.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+
+import numpy as np
+import torch
+
+HAVE_NUMBA = importlib.util.find_spec("numba") is not None
+
+if HAVE_NUMBA:
+    import numba
+
+    @numba.njit(cache=True, parallel=True)
+    def _row_count(bits, neg_b, b, counts, row0):
+        n_rows, n = bits.shape
+        for i in numba.prange(n_rows):
+            row = np.empty(n, np.uint32)
+            for j in range(n):
+                row[j] = np.uint32(bits[i, j]) << 16
+            z = row.view(np.float32)
+            c = 0
+            for j in range(n):
+                if z[j] > neg_b[j] and z[j] + b[j] > 0:
+                    c += 1
+            counts[row0 + i] = c
+
+    @numba.njit(cache=True, parallel=True)
+    def _row_fill(bits, neg_b, b, ptr, row0, cols, vals):
+        n_rows, n = bits.shape
+        for i in numba.prange(n_rows):
+            row = np.empty(n, np.uint32)
+            for j in range(n):
+                row[j] = np.uint32(bits[i, j]) << 16
+            z = row.view(np.float32)
+            q = ptr[row0 + i]
+            for j in range(n):
+                v = z[j] + b[j]
+                if z[j] > neg_b[j] and v > 0:
+                    cols[q] = j
+                    vals[q] = v
+                    q += 1
+
+    @numba.njit(cache=True, parallel=True)
+    def _row_count_f32(z, neg_b, b, counts, row0):
+        n_rows, n = z.shape
+        for i in numba.prange(n_rows):
+            c = 0
+            for j in range(n):
+                if z[i, j] > neg_b[j] and z[i, j] + b[j] > 0:
+                    c += 1
+            counts[row0 + i] = c
+
+    @numba.njit(cache=True, parallel=True)
+    def _row_fill_f32(z, neg_b, b, ptr, row0, cols, vals):
+        n_rows, n = z.shape
+        for i in numba.prange(n_rows):
+            q = ptr[row0 + i]
+            for j in range(n):
+                v = z[i, j] + b[j]
+                if z[i, j] > neg_b[j] and v > 0:
+                    cols[q] = j
+                    vals[q] = v
+                    q += 1
+
+    @numba.njit(cache=True, parallel=True, fastmath=True)
+    def _decode_sddmm(crow, cols, vals, base, W_dec, xbar, alpha, err, dpre, row_sq):
+        B, d = xbar.shape
+        for r in numba.prange(B):
+            e = -xbar[r].copy()
+            for q in range(crow[r], crow[r + 1]):
+                v = vals[q]
+                w = W_dec[cols[q]]
+                for t in range(d):
+                    e[t] += v * w[t]
+            s = np.float32(0.0)
+            for t in range(d):
+                s += e[t] * e[t]
+            row_sq[r] = s
+            err[r] = e
+            for q in range(crow[r], crow[r + 1]):
+                w = W_dec[cols[q]]
+                acc = np.float32(0.0)
+                for t in range(d):
+                    acc += e[t] * w[t]
+                dpre[q] = base[q] + alpha * acc
+
+    @numba.njit(cache=True)
+    def _csc_order(cols, n, ccol, perm):
+        for q in range(cols.shape[0]):
+            ccol[cols[q] + 1] += 1
+        for c in range(n):
+            ccol[c + 1] += ccol[c]
+        pos = ccol[:-1].copy()
+        for q in range(cols.shape[0]):
+            c = cols[q]
+            perm[pos[c]] = q
+            pos[c] += 1
+
+    @numba.njit(cache=True, parallel=True, fastmath=True)
+    def _weight_grads(ccol, perm, tab_rows, tab_w, table, enc_rows, enc_w, xbar, gW_dec, gW_enc, gb_enc):
+        n = ccol.shape[0] - 1
+        d = xbar.shape[1]
+        for c in numba.prange(n):
+            a = np.zeros(d, np.float32)
+            e = np.zeros(d, np.float32)
+            sb = np.float32(0.0)
+            for p in range(ccol[c], ccol[c + 1]):
+                q = perm[p]
+                t1 = table[tab_rows[q]]
+                w1 = tab_w[q]
+                t2 = xbar[enc_rows[q]]
+                w2 = enc_w[q]
+                sb += w2
+                for t in range(d):
+                    a[t] += w1 * t1[t]
+                    e[t] += w2 * t2[t]
+            gW_dec[c] = a
+            for t in range(d):
+                gW_enc[t, c] = e[t]
+            gb_enc[c] = sb
+
+
+    @numba.njit(cache=True, parallel=True)
+    def _dense_relu(bits, counts, f_sum, block):
+        n_rows, n = bits.shape
+        n_blocks = (n + block - 1) // block
+        for k in numba.prange(n_blocks):
+            c0 = k * block
+            c1 = min(n, c0 + block)
+            w = c1 - c0
+            acc = np.zeros(w, np.uint32)
+            cnt = np.zeros(w, np.float32)
+            fs = np.zeros(w, np.float32)
+            for i in range(n_rows):
+                for j in range(w):
+                    h = bits[i, c0 + j]
+                    if h >= 0x8000:  # sign bit: negative (or -0) -> 0
+                        bits[i, c0 + j] = 0
+                    elif h != 0:
+                        acc[j] = np.uint32(h) << 16
+                        cnt[j] += 1.0
+                        fs[j] += acc[j:j + 1].view(np.float32)[0]
+            counts[c0:c1] += cnt
+            f_sum[c0:c1] += fs
+
+    @numba.njit(cache=True, parallel=True)
+    def _dense_grad_mask(g_bits, f_bits, c, db, block):
+        n_rows, n = g_bits.shape
+        n_blocks = (n + block - 1) // block
+        for k in numba.prange(n_blocks):
+            c0 = k * block
+            c1 = min(n, c0 + block)
+            w = c1 - c0
+            tmp = np.zeros(1, np.uint32)
+            acc = np.zeros(w, np.float32)
+            for i in range(n_rows):
+                for j in range(w):
+                    col = c0 + j
+                    if f_bits[i, col] == 0:  # f = relu(pre) is exactly 0 where pre <= 0
+                        g_bits[i, col] = 0
+                        continue
+                    tmp[0] = np.uint32(g_bits[i, col]) << 16
+                    v = tmp.view(np.float32)[0] + c[col]  # fp32, as torch's bf16 add computes it
+                    tmp.view(np.float32)[0] = v
+                    u = tmp[0]
+                    u = (u + np.uint32(0x7FFF) + ((u >> 16) & np.uint32(1))) >> 16  # round to nearest even
+                    g_bits[i, col] = np.uint16(u)
+                    tmp[0] = u << 16
+                    acc[j] += tmp.view(np.float32)[0]
+            db[c0:c1] += acc
+
+
+def usable(*tensors: torch.Tensor) -> bool:
+    """Whether the kernels apply: numba present and every tensor on the CPU."""
+    return HAVE_NUMBA and all(t.device.type == "cpu" for t in tensors)
+
+
+def _np(t: torch.Tensor) -> np.ndarray:
+    return t.detach().numpy()
+
+
+def active_pairs_chunk(pre: torch.Tensor, b_enc: torch.Tensor, neg_b: torch.Tensor, counts: torch.Tensor,
+                       row0: int) -> None:
+    """Count pass of :func:`active_pairs` for one chunk ``pre [r, n]`` (rows ``row0..``) into ``counts [B]``."""
+    if pre.dtype == torch.bfloat16:
+        _row_count(_np(pre.view(torch.int16)).view(np.uint16), _np(neg_b), _np(b_enc), _np(counts), row0)
+    else:
+        _row_count_f32(_np(pre), _np(neg_b), _np(b_enc), _np(counts), row0)
+
+
+def fill_pairs_chunk(pre: torch.Tensor, b_enc: torch.Tensor, neg_b: torch.Tensor, crow: torch.Tensor, row0: int,
+                     cols: torch.Tensor, vals: torch.Tensor) -> None:
+    """Fill pass: columns and values of the active pairs of chunk ``pre [r, n]`` at ``crow[row0 + i]``."""
+    if pre.dtype == torch.bfloat16:
+        _row_fill(_np(pre.view(torch.int16)).view(np.uint16), _np(neg_b), _np(b_enc), _np(crow), row0,
+                  _np(cols), _np(vals))
+    else:
+        _row_fill_f32(_np(pre), _np(neg_b), _np(b_enc), _np(crow), row0, _np(cols), _np(vals))
+
+
+def decode_sddmm(crow: torch.Tensor, cols: torch.Tensor, vals: torch.Tensor, base: torch.Tensor,
+                 W_dec: torch.Tensor, xbar: torch.Tensor, alpha: float, err: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``err [B, d] <- f @ W_dec - x_bar`` (f given as CSR ``crow [B+1]``, ``cols``, ``vals [nnz]``);
+    returns ``dpre [nnz] = base + alpha * (err @ W_dec^T)[row, col]`` and each row's ``sum err^2 [B]``."""
+    dpre = torch.empty_like(vals)
+    row_sq = torch.empty(xbar.shape[0], dtype=torch.float32)
+    _decode_sddmm(_np(crow), _np(cols), _np(vals), _np(base), _np(W_dec), _np(xbar), np.float32(alpha), _np(err),
+                  _np(dpre), _np(row_sq))
+    return dpre, row_sq
+
+
+def csc_order(cols: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stable counting sort of pairs by feature: ``ccol [n+1]`` (column pointers) and ``perm [nnz]``."""
+    ccol = torch.zeros(n + 1, dtype=torch.long)
+    perm = torch.empty(cols.shape[0], dtype=torch.long)
+    _csc_order(_np(cols), n, _np(ccol), _np(perm))
+    return ccol, perm
+
+
+def weight_grads(ccol: torch.Tensor, perm: torch.Tensor, tab_rows: torch.Tensor, tab_w: torch.Tensor,
+                 table: torch.Tensor, enc_rows: torch.Tensor, enc_w: torch.Tensor, xbar: torch.Tensor,
+                 gW_dec: torch.Tensor, gW_enc: torch.Tensor, gb_enc: torch.Tensor) -> None:
+    """Per feature c (pairs ``perm[ccol[c]:ccol[c+1]]``): ``gW_dec[c] = sum tab_w * table[tab_rows]``,
+    ``gW_enc[:, c] = sum enc_w * xbar[enc_rows]`` (``gW_enc`` in its ``[d, n]`` layout) and
+    ``gb_enc[c] = sum enc_w``; features without pairs get zeros."""
+    _weight_grads(_np(ccol), _np(perm), _np(tab_rows), _np(tab_w), _np(table), _np(enc_rows), _np(enc_w),
+                  _np(xbar), _np(gW_dec), _np(gW_enc), _np(gb_enc))
+
+
+def _bits(t: torch.Tensor) -> np.ndarray:
+    return _np(t.view(torch.int16)).view(np.uint16)
+
+
+def dense_relu_(pre: torch.Tensor, counts: torch.Tensor, f_sum: torch.Tensor, block: int = 256) -> None:
+    """Dense path, bf16: ``pre [r, n]`` -> ``relu(pre)`` in place; ``counts [n] += (f > 0)`` and
+    ``f_sum [n] += f`` summed over rows (fp32), in one pass, column blocks in parallel."""
+    _dense_relu(_bits(pre), _np(counts), _np(f_sum), block)
+
+
+def dense_grad_mask_(G: torch.Tensor, f: torch.Tensor, c: torch.Tensor, db: torch.Tensor, block: int = 256) -> None:
+    """Dense path, bf16: ``G [r, n] <- bf16(G + c) * (f > 0)`` in place (``c [n]`` fp32: the penalty's
+    gradient on an active pre-activation) and ``db [n] +=`` its column sums (fp32)."""
+    _dense_grad_mask(_bits(G), _bits(f), _np(c), _np(db), block)
