@@ -33,7 +33,8 @@ from sae_train import BATCH, D, LAMBDA, cpu_features, sparse_biases_, synthetic_
 from splitkit.sae import SAEConfig, SparseAutoencoder  # noqa: E402
 from splitkit.train import FamilyTrainer, TensorSource, TrainerConfig, kernels  # noqa: E402
 
-KERNELS = ("active_pairs_chunk", "fill_pairs_chunk", "decode_sddmm", "csc_order", "weight_grads")
+KERNELS = ("active_pairs_chunk", "fill_pairs_chunk", "decode_sddmm", "csc_order", "weight_grads", "dense_relu_",
+           "dense_grad_mask_")
 _usable = kernels.usable
 for _name in KERNELS:  # label the kernels in the profile (numba calls are invisible to it otherwise)
     def _wrap(fn, label):

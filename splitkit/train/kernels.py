@@ -144,22 +144,22 @@ if HAVE_NUMBA:
         n_blocks = (n + block - 1) // block
         for k in numba.prange(n_blocks):
             c0 = k * block
-            c1 = min(n, c0 + block)
-            w = c1 - c0
-            acc = np.zeros(w, np.uint32)
+            w = min(n, c0 + block) - c0
+            u = np.zeros(w, np.uint32)
+            fv = u.view(np.float32)
             cnt = np.zeros(w, np.float32)
             fs = np.zeros(w, np.float32)
             for i in range(n_rows):
                 for j in range(w):
                     h = bits[i, c0 + j]
-                    if h >= 0x8000:  # sign bit: negative (or -0) -> 0
-                        bits[i, c0 + j] = 0
-                    elif h != 0:
-                        acc[j] = np.uint32(h) << 16
-                        cnt[j] += 1.0
-                        fs[j] += acc[j:j + 1].view(np.float32)[0]
-            counts[c0:c1] += cnt
-            f_sum[c0:c1] += fs
+                    h = 0 if h >= 0x8000 else h  # sign bit: negative (or -0) -> 0
+                    bits[i, c0 + j] = h
+                    u[j] = np.uint32(h) << 16
+                for j in range(w):
+                    fs[j] += fv[j]
+                    cnt[j] += 1.0 if fv[j] > 0 else 0.0
+            counts[c0:c0 + w] += cnt
+            f_sum[c0:c0 + w] += fs
 
     @numba.njit(cache=True, parallel=True)
     def _dense_grad_mask(g_bits, f_bits, c, db, block):
@@ -167,25 +167,27 @@ if HAVE_NUMBA:
         n_blocks = (n + block - 1) // block
         for k in numba.prange(n_blocks):
             c0 = k * block
-            c1 = min(n, c0 + block)
-            w = c1 - c0
-            tmp = np.zeros(1, np.uint32)
+            w = min(n, c0 + block) - c0
+            tg = np.zeros(w, np.uint32)
+            gf = tg.view(np.float32)
+            vv = np.zeros(w, np.float32)
+            vu = vv.view(np.uint32)
             acc = np.zeros(w, np.float32)
+            cc = c[c0:c0 + w]
             for i in range(n_rows):
                 for j in range(w):
-                    col = c0 + j
-                    if f_bits[i, col] == 0:  # f = relu(pre) is exactly 0 where pre <= 0
-                        g_bits[i, col] = 0
-                        continue
-                    tmp[0] = np.uint32(g_bits[i, col]) << 16
-                    v = tmp.view(np.float32)[0] + c[col]  # fp32, as torch's bf16 add computes it
-                    tmp.view(np.float32)[0] = v
-                    u = tmp[0]
+                    tg[j] = np.uint32(g_bits[i, c0 + j]) << 16
+                for j in range(w):
+                    vv[j] = gf[j] + cc[j]  # fp32, as torch's bf16 add computes it
+                for j in range(w):
+                    u = vu[j]
                     u = (u + np.uint32(0x7FFF) + ((u >> 16) & np.uint32(1))) >> 16  # round to nearest even
-                    g_bits[i, col] = np.uint16(u)
-                    tmp[0] = u << 16
-                    acc[j] += tmp.view(np.float32)[0]
-            db[c0:c1] += acc
+                    u = u if f_bits[i, c0 + j] != 0 else np.uint32(0)  # ReLU mask: f is exactly 0 off it
+                    g_bits[i, c0 + j] = np.uint16(u)
+                    tg[j] = u << 16
+                for j in range(w):
+                    acc[j] += gf[j]
+            db[c0:c0 + w] += acc
 
 
 def usable(*tensors: torch.Tensor) -> bool:
