@@ -91,6 +91,28 @@ def run(n: int, x: torch.Tensor, regime: str, fused: bool, steps: int, l0: float
             "sparse_path": bool(m.last.sparse), "ops": table(prof, steps, top)}
 
 
+def curve(n: int, x: torch.Tensor, steps: int) -> dict:
+    """The loss curve of one fixed-seed run (lr 1e-3, from initialisation: dense, then sparse) on the
+    kernels and on the torch ops, step by step."""
+    out = {}
+    for fused in (True, False):
+        use_kernels(fused)
+        cfg = TrainerConfig(recipe="paper", lr=1e-3, l1_coeff=LAMBDA, n_steps=steps, batch_size=BATCH,
+                            matmul_dtype="auto", resample_steps=(), log_every=1)
+        tr = FamilyTrainer([SparseAutoencoder(SAEConfig(d_in=D, n_features=n))], TensorSource(x, BATCH, seed=0), cfg)
+        t0 = time.perf_counter()
+        while tr.step < steps:
+            tr.train_step()
+        log = tr.members[0].log
+        out["kernels" if fused else "torch ops"] = {"loss": log["loss"], "l0": log["l0"], "sparse": log["sparse"],
+                                                     "wall_s": time.perf_counter() - t0}
+    use_kernels(True)
+    a, b = out["kernels"]["loss"], out["torch ops"]["loss"]
+    out["max_rel_loss_diff"] = max(abs(u - v) / abs(v) for u, v in zip(a, b))
+    out["n"], out["steps"] = n, steps
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--sizes", default="4096,16384")
@@ -98,8 +120,25 @@ def main() -> None:
     ap.add_argument("--l0", type=float, default=20.0)
     ap.add_argument("--top", type=int, default=14)
     ap.add_argument("--out", default=str(ROOT / "docs" / "bench" / "profile_step.json"))
+    ap.add_argument("--curve", type=int, default=0, metavar="STEPS",
+                    help="instead: a fixed-seed run of STEPS steps at the first size on both implementations")
     args = ap.parse_args()
     x = synthetic_acts(4 * BATCH, seed=0)
+    if args.curve:
+        x = synthetic_acts(16 * BATCH, seed=0)
+        r = curve(int(args.sizes.split(",")[0]), x, args.curve)
+        a, b = r["kernels"], r["torch ops"]
+        print("step | loss (kernels) | loss (torch ops) | L0 | path\n|---|---|---|---|---|")
+        for i in range(len(a["loss"])):
+            if i < 5 or i % max(1, len(a["loss"]) // 12) == 0 or i == len(a["loss"]) - 1:
+                print(f"| {i + 1} | {a['loss'][i]:.6f} | {b['loss'][i]:.6f} | {a['l0'][i]:.1f} | "
+                      f"{'sparse' if a['sparse'][i] else 'dense'} |")
+        print(f"max relative difference {r['max_rel_loss_diff']:.2e}; wall {a['wall_s']:.0f} s (kernels) vs "
+              f"{b['wall_s']:.0f} s (torch ops)")
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(r, indent=1) + "\n")
+        print(f"wrote {args.out}")
+        return
     out = {"command": " ".join(["python"] + sys.argv), "torch": torch.__version__, "threads": torch.get_num_threads(),
            "cpu_features": cpu_features(), "numba": kernels.HAVE_NUMBA, "runs": []}
     for n in (int(v) for v in args.sizes.split(",")):

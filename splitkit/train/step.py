@@ -336,7 +336,8 @@ def _sparse_relu_step_fused(sae, x, xbar, xbar_mm, W_enc_mm, b_enc_mm, neg_b_enc
 
     # Weight gradients per feature, written in place (W_enc's straight into its [d, n] layout).
     ccol, perm = kernels.csc_order(cols, n)
-    kernels.weight_grads(ccol, perm, rows, vals * inv, err, rows, dpre, xbar, W_dec.grad, W_enc.grad, b_enc.grad)
+    kernels.weight_grads(ccol, perm, rows, vals * inv, err, rows, dpre, xbar, W_dec.grad, W_enc.grad, b_enc.grad,
+                         bufs.get("dW_enc_T", (n, d)))
     ones_B = bufs.get("ones_B", (B,))
     ones_B.fill_(1.0)
     g_sum = torch.mv(err.t(), ones_B).mul_(inv)  # [d]
