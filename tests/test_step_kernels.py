@@ -56,9 +56,10 @@ def test_dense_kernels_are_bitwise_torch_bf16():
     g = torch.Generator().manual_seed(0)
     pre = torch.randn(130, 700, generator=g).to(torch.bfloat16)
     pre[0, :5] = torch.tensor([0.0, -0.0, 1.0, -1.0, 0.0])
-    f_ref = pre.clone().relu_()
+    bias = (torch.randn(700, generator=g) * 0.3).to(torch.bfloat16)
+    f_ref = pre.clone().add_(bias).relu_()
     f, counts, f_sum = pre.clone(), torch.zeros(700), torch.zeros(700)
-    kernels.dense_relu_(f, counts, f_sum, block=64)
+    kernels.dense_relu_(f, bias.float(), counts, f_sum, block=64)
     assert torch.equal(f, f_ref)
     assert torch.equal(counts, (f_ref > 0).float().sum(0))
     torch.testing.assert_close(f_sum, f_ref.float().sum(0), rtol=1e-6, atol=1e-5)
@@ -79,9 +80,10 @@ def test_sparse_kernels_on_a_hand_made_case():
     kernels.active_pairs_chunk(z, b, -b, counts, 0)
     assert counts.tolist() == [2, 2]  # row 0: cols 0 (0.5), 2 (0.7); row 1: cols 1 (4.0), 2 (0.1)
     crow = torch.tensor([0, 2, 4])
-    cols, vals = torch.empty(4, dtype=torch.long), torch.empty(4)
-    kernels.fill_pairs_chunk(z, b, -b, crow, 0, cols, vals)
+    cols, vals, rows = torch.empty(4, dtype=torch.long), torch.empty(4), torch.empty(4, dtype=torch.long)
+    kernels.fill_pairs_chunk(z, b, -b, crow, 0, cols, vals, rows, 10)
     assert cols.tolist() == [0, 2, 1, 2]
+    assert rows.tolist() == [10, 10, 11, 11]
     torch.testing.assert_close(vals, torch.tensor([0.5, 0.7, 4.0, 0.1]))
     ccol, perm = kernels.csc_order(cols, 3)
     assert ccol.tolist() == [0, 1, 2, 4]

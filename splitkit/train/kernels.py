@@ -45,7 +45,7 @@ if HAVE_NUMBA:
             counts[row0 + i] = c
 
     @numba.njit(cache=True, parallel=True)
-    def _row_fill(bits, neg_b, b, ptr, row0, cols, vals):
+    def _row_fill(bits, neg_b, b, ptr, row0, cols, vals, rows, row_base):
         n_rows, n = bits.shape
         for i in numba.prange(n_rows):
             row = np.empty(n, np.uint32)
@@ -58,6 +58,7 @@ if HAVE_NUMBA:
                 if z[j] > neg_b[j] and v > 0:
                     cols[q] = j
                     vals[q] = v
+                    rows[q] = row_base + i
                     q += 1
 
     @numba.njit(cache=True, parallel=True)
@@ -71,7 +72,7 @@ if HAVE_NUMBA:
             counts[row0 + i] = c
 
     @numba.njit(cache=True, parallel=True)
-    def _row_fill_f32(z, neg_b, b, ptr, row0, cols, vals):
+    def _row_fill_f32(z, neg_b, b, ptr, row0, cols, vals, rows, row_base):
         n_rows, n = z.shape
         for i in numba.prange(n_rows):
             q = ptr[row0 + i]
@@ -80,6 +81,7 @@ if HAVE_NUMBA:
                 if z[i, j] > neg_b[j] and v > 0:
                     cols[q] = j
                     vals[q] = v
+                    rows[q] = row_base + i
                     q += 1
 
     @numba.njit(cache=True, parallel=True, fastmath=True)
@@ -142,7 +144,7 @@ if HAVE_NUMBA:
             gb_enc[c] = sb
 
     @numba.njit(cache=True, parallel=True)
-    def _dense_relu(bits, counts, f_sum, block):
+    def _dense_relu(bits, bias, counts, f_sum, block):
         n_rows, n = bits.shape
         n_blocks = (n + block - 1) // block
         for k in numba.prange(n_blocks):
@@ -152,12 +154,18 @@ if HAVE_NUMBA:
             fv = u.view(np.float32)
             cnt = np.zeros(w, np.float32)
             fs = np.zeros(w, np.float32)
+            bb = bias[c0:c0 + w]
             for i in range(n_rows):
                 for j in range(w):
-                    h = bits[i, c0 + j]
-                    h = 0 if h >= 0x8000 else h  # sign bit: negative (or -0) -> 0
-                    bits[i, c0 + j] = h
-                    u[j] = np.uint32(h) << 16
+                    u[j] = np.uint32(bits[i, c0 + j]) << 16
+                for j in range(w):
+                    fv[j] += bb[j]  # fp32, as torch's bf16 add computes it
+                for j in range(w):
+                    v = u[j]
+                    v = (v + np.uint32(0x7FFF) + ((v >> 16) & np.uint32(1))) >> 16  # round to nearest even
+                    v = np.uint32(0) if v >= 0x8000 else v  # ReLU: sign bit (negative or -0) -> 0
+                    bits[i, c0 + j] = np.uint16(v)
+                    u[j] = v << 16
                 for j in range(w):
                     fs[j] += fv[j]
                     cnt[j] += 1.0 if fv[j] > 0 else 0.0
@@ -212,13 +220,14 @@ def active_pairs_chunk(pre: torch.Tensor, b_enc: torch.Tensor, neg_b: torch.Tens
 
 
 def fill_pairs_chunk(pre: torch.Tensor, b_enc: torch.Tensor, neg_b: torch.Tensor, crow: torch.Tensor, row0: int,
-                     cols: torch.Tensor, vals: torch.Tensor) -> None:
-    """Fill pass: columns and values of the active pairs of chunk ``pre [r, n]`` at ``crow[row0 + i]``."""
+                     cols: torch.Tensor, vals: torch.Tensor, rows: torch.Tensor, row_base: int = 0) -> None:
+    """Fill pass: columns, values and row numbers (``row_base + i``) of the active pairs of chunk
+    ``pre [r, n]``, row i's at ``crow[row0 + i]``."""
     if pre.dtype == torch.bfloat16:
         _row_fill(_np(pre.view(torch.int16)).view(np.uint16), _np(neg_b), _np(b_enc), _np(crow), row0,
-                  _np(cols), _np(vals))
+                  _np(cols), _np(vals), _np(rows), row_base)
     else:
-        _row_fill_f32(_np(pre), _np(neg_b), _np(b_enc), _np(crow), row0, _np(cols), _np(vals))
+        _row_fill_f32(_np(pre), _np(neg_b), _np(b_enc), _np(crow), row0, _np(cols), _np(vals), _np(rows), row_base)
 
 
 def decode_sddmm(crow: torch.Tensor, cols: torch.Tensor, vals: torch.Tensor, base: torch.Tensor,
@@ -257,10 +266,12 @@ def _bits(t: torch.Tensor) -> np.ndarray:
     return _np(t.view(torch.int16)).view(np.uint16)
 
 
-def dense_relu_(pre: torch.Tensor, counts: torch.Tensor, f_sum: torch.Tensor, block: int = 256) -> None:
-    """Dense path, bf16: ``pre [r, n]`` -> ``relu(pre)`` in place; ``counts [n] += (f > 0)`` and
-    ``f_sum [n] += f`` summed over rows (fp32), in one pass, column blocks in parallel."""
-    _dense_relu(_bits(pre), _np(counts), _np(f_sum), block)
+def dense_relu_(pre: torch.Tensor, bias: torch.Tensor, counts: torch.Tensor, f_sum: torch.Tensor,
+                block: int = 256) -> None:
+    """Dense path, bf16: ``pre [r, n]`` -> ``relu(bf16(pre + bias))`` in place (``bias [n]`` fp32
+    holding bf16 values); ``counts [n] += (f > 0)`` and ``f_sum [n] += f`` summed over rows (fp32),
+    in one pass, column blocks in parallel."""
+    _dense_relu(_bits(pre), _np(bias), _np(counts), _np(f_sum), block)
 
 
 def dense_grad_mask_(G: torch.Tensor, f: torch.Tensor, c: torch.Tensor, db: torch.Tensor, block: int = 256) -> None:

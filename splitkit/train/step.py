@@ -298,6 +298,7 @@ def _sparse_relu_step_fused(sae, x, xbar, xbar_mm, W_enc_mm, b_enc_mm, neg_b_enc
     row_counts = torch.zeros(B, dtype=torch.long)
     cols_l: list[torch.Tensor] = []
     vals_l: list[torch.Tensor] = []
+    rows_l: list[torch.Tensor] = []
     for s in range(0, B, chunk):
         e = min(B, s + chunk)
         r = e - s
@@ -307,9 +308,8 @@ def _sparse_relu_step_fused(sae, x, xbar, xbar_mm, W_enc_mm, b_enc_mm, neg_b_enc
             kernels.active_pairs_chunk(pre[:probe], b32, nb32, row_counts, 0)
             density = row_counts[:probe].sum().item() / (probe * n)
             if density > sparse_density_max:
-                pre.add_(b_enc_mm)
                 return _dense_relu_step(sae, x, xbar, xbar_mm, W_enc_mm, b_enc_mm, pre, chunk, penalty, inv,
-                                        mm_dtype, bufs)
+                                        mm_dtype, bufs, pre0_has_bias=False)
             if probe < r:
                 kernels.active_pairs_chunk(pre[probe:], b32, nb32, row_counts, probe)
         else:
@@ -318,14 +318,16 @@ def _sparse_relu_step_fused(sae, x, xbar, xbar_mm, W_enc_mm, b_enc_mm, neg_b_enc
         torch.cumsum(row_counts[s:e], 0, out=local[1:])
         m = int(local[-1])
         cols_c, vals_c = torch.empty(m, dtype=torch.long), torch.empty(m, dtype=torch.float32)
-        kernels.fill_pairs_chunk(pre, b32, nb32, local, 0, cols_c, vals_c)
+        rows_c = torch.empty(m, dtype=torch.long)
+        kernels.fill_pairs_chunk(pre, b32, nb32, local, 0, cols_c, vals_c, rows_c, s)
         cols_l.append(cols_c)
         vals_l.append(vals_c)
+        rows_l.append(rows_c)
     cols = cols_l[0] if len(cols_l) == 1 else torch.cat(cols_l)  # [nnz] row-major, columns ascending
     vals = vals_l[0] if len(vals_l) == 1 else torch.cat(vals_l)
+    rows = rows_l[0] if len(rows_l) == 1 else torch.cat(rows_l)
     crow = torch.zeros(B + 1, dtype=torch.long)
     torch.cumsum(row_counts, 0, out=crow[1:])
-    rows = torch.repeat_interleave(torch.arange(B), row_counts)  # [nnz]
 
     # Decode and the gradient at the active pairs in one pass per row; the factor 2/(B d) of
     # dLoss/dx_hat is folded into alpha and the weights, as on the torch path.
@@ -349,10 +351,11 @@ def _sparse_relu_step_fused(sae, x, xbar, xbar_mm, W_enc_mm, b_enc_mm, neg_b_enc
 
 
 def _dense_relu_step(sae, x, xbar, xbar_mm, W_enc_mm, b_enc_mm, pre0, chunk, penalty, inv, mm_dtype,
-                     bufs) -> StepStats:
+                     bufs, pre0_has_bias: bool = True) -> StepStats:
     """Dense fallback (many features active): the six GEMMs of a plain step, chunked over rows.
 
-    ``pre0``: the first chunk's pre-activations, already computed. Column sums are GEMVs with a
+    ``pre0``: the first chunk's pre-activations, already computed (without the bias if not
+    ``pre0_has_bias``). Column sums are GEMVs with a
     ones vector and the ReLU mask is a 0/1 float array: reductions of bool arrays over the batch
     were ~20x slower than a GEMV on this CPU.
     """
@@ -389,6 +392,8 @@ def _dense_relu_step(sae, x, xbar, xbar_mm, W_enc_mm, b_enc_mm, pre0, chunk, pen
             c_active = c.to(mm_dtype).float().contiguous()  # as torch's bf16 add rounds it
         else:
             c_active = torch.zeros(n, device=dev)
+        b_enc_f = b_enc_mm.float().contiguous()  # [n] the bf16 bias as fp32 (exact)
+        zero_n = torch.zeros(n, device=dev)
 
     for s in range(0, B, chunk):
         e = min(B, s + chunk)
@@ -398,9 +403,13 @@ def _dense_relu_step(sae, x, xbar, xbar_mm, W_enc_mm, b_enc_mm, pre0, chunk, pen
         else:
             pre = torch.addmm(b_enc_mm, xbar_mm[s:e], W_enc_mm, out=bufs.get("pre", (chunk, n), mm_dtype)[:r])
         if fused:
-            kernels.dense_relu_(pre, counts, f_sum)
+            # The first chunk may come without its bias: the kernel adds it as torch's bf16 add would.
+            has_bias = pre0_has_bias or s > 0
+            kernels.dense_relu_(pre, zero_n if has_bias else b_enc_f, counts, f_sum)
             f = pre  # [r, n] relu'd in place
         else:
+            if s == 0 and not pre0_has_bias:
+                pre.add_(b_enc_mm)
             mask_buf = mask_buf if mask_buf is not None else bufs.get("maskF", (chunk, n), mm_dtype)
             mask = torch.gt(pre, 0, out=mask_buf[:r])
             counts += colsum(mask)
