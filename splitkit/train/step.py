@@ -9,7 +9,9 @@ on the active pairs only: decode and both weight gradients are gathered sums
 ``W_enc @ sum_b dpre_b`` (a GEMV). So five of the six dense GEMMs of a plain step disappear, and the
 penalty's gradient on the active pairs comes from the penalty object (a constant per feature for L1). Early in training, while half of
 the features fire, the step falls back to dense GEMMs (the break-even is near 12% of pairs active).
-Work buffers are kept between steps (fresh multi-MiB allocations cost page faults on every step on
+On CPU with numba, the ReLU step (both paths) runs on the fused kernels of :mod:`.kernels`,
+which give the same pairs and gradients as the torch ops (tests/test_step_kernels.py) in about
+half the time (docs/performance.md). Work buffers are kept between steps (fresh multi-MiB allocations cost page faults on every step on
 CPU). Large dictionaries are processed in row chunks of the batch so memory stays bounded.
 
 What differs between recipes comes from the recipe object (:mod:`.recipes`): the sparsity
