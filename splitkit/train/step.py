@@ -9,7 +9,9 @@ on the active pairs only: decode and both weight gradients are gathered sums
 ``W_enc @ sum_b dpre_b`` (a GEMV). So five of the six dense GEMMs of a plain step disappear, and the
 penalty's gradient on the active pairs comes from the penalty object (a constant per feature for L1). Early in training, while half of
 the features fire, the step falls back to dense GEMMs (the break-even is near 12% of pairs active).
-Work buffers are kept between steps (fresh multi-MiB allocations cost page faults on every step on
+On CPU with numba, the ReLU step (both paths) runs on the fused kernels of :mod:`.kernels`,
+which give the same pairs and gradients as the torch ops (tests/test_step_kernels.py) in about
+half the time (docs/performance.md). Work buffers are kept between steps (fresh multi-MiB allocations cost page faults on every step on
 CPU). Large dictionaries are processed in row chunks of the batch so memory stays bounded.
 
 What differs between recipes comes from the recipe object (:mod:`.recipes`): the sparsity
@@ -27,6 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from ..sae import SparseAutoencoder
+from . import kernels
 from .recipes import Recipe, get_recipe
 
 
@@ -146,6 +149,10 @@ def sae_step(sae: SparseAutoencoder, x: torch.Tensor, *, recipe: str | Recipe, l
             dead_idx = None
     kaux = 0 if dead_idx is None else min(aux_k or d // 2, dead_idx.numel())
     neg_b_enc = None if topk else (-b_enc).to(mm_dtype)  # [n]
+    if not topk and kernels.usable(x):
+        # CPU with numba: fused threshold / decode+SDDMM / weight-gradient kernels (kernels.py).
+        return _sparse_relu_step_fused(sae, x, xbar, xbar_mm, W_enc_mm, b_enc_mm, neg_b_enc, pre_buf, chunk,
+                                       penalty, inv, mm_dtype, sparse_density_max, bufs)
     for s in range(0, B, chunk):
         e = min(B, s + chunk)
         r = e - s
@@ -281,11 +288,82 @@ def sae_step(sae: SparseAutoencoder, x: torch.Tensor, *, recipe: str | Recipe, l
     return StepStats(loss=loss, mse=mse, l1=l1, aux=aux_loss, fire_counts=counts, sparse=True)
 
 
+def _sparse_relu_step_fused(sae, x, xbar, xbar_mm, W_enc_mm, b_enc_mm, neg_b_enc, pre_buf, chunk, penalty, inv,
+                            mm_dtype, sparse_density_max, bufs) -> StepStats:
+    """The ReLU step of :func:`sae_step` on the CPU kernels of :mod:`.kernels`: the same pairs, the same
+    gradients (up to fp32 summation order), about a third of the passes over memory.
+
+    A pair is active iff ``z > bf(-b_enc)`` (the comparison in the GEMM's dtype, as the torch path
+    does) and ``z + b_enc > 0`` in fp32. The path is chosen from the first 256 rows, as on the torch
+    path (there the count is of the first condition alone; they differ only where bf16 rounding
+    puts a pair on the threshold).
+    """
+    W_enc, b_enc, W_dec, b_dec = sae.W_enc, sae.b_enc, sae.W_dec, sae.b_dec
+    B, d = x.shape
+    n = sae.n_features
+    b32 = b_enc.detach().contiguous()
+    nb32 = neg_b_enc.float().contiguous()  # the bf16-rounded -b_enc, exactly, in fp32
+    row_counts = torch.zeros(B, dtype=torch.long)
+    cols_l: list[torch.Tensor] = []
+    vals_l: list[torch.Tensor] = []
+    rows_l: list[torch.Tensor] = []
+    for s in range(0, B, chunk):
+        e = min(B, s + chunk)
+        r = e - s
+        pre = torch.mm(xbar_mm[s:e], W_enc_mm, out=pre_buf[:r])  # [r, n] z = x_bar @ W_enc
+        if s == 0:
+            probe = min(r, 256)
+            kernels.active_pairs_chunk(pre[:probe], b32, nb32, row_counts, 0)
+            density = row_counts[:probe].sum().item() / (probe * n)
+            if density > sparse_density_max:
+                return _dense_relu_step(sae, x, xbar, xbar_mm, W_enc_mm, b_enc_mm, pre, chunk, penalty, inv,
+                                        mm_dtype, bufs, pre0_has_bias=False)
+            if probe < r:
+                kernels.active_pairs_chunk(pre[probe:], b32, nb32, row_counts, probe)
+        else:
+            kernels.active_pairs_chunk(pre, b32, nb32, row_counts, s)
+        local = torch.zeros(r + 1, dtype=torch.long)
+        torch.cumsum(row_counts[s:e], 0, out=local[1:])
+        m = int(local[-1])
+        cols_c, vals_c = torch.empty(m, dtype=torch.long), torch.empty(m, dtype=torch.float32)
+        rows_c = torch.empty(m, dtype=torch.long)
+        kernels.fill_pairs_chunk(pre, b32, nb32, local, 0, cols_c, vals_c, rows_c, s)
+        cols_l.append(cols_c)
+        vals_l.append(vals_c)
+        rows_l.append(rows_c)
+    cols = cols_l[0] if len(cols_l) == 1 else torch.cat(cols_l)  # [nnz] row-major, columns ascending
+    vals = vals_l[0] if len(vals_l) == 1 else torch.cat(vals_l)
+    rows = rows_l[0] if len(rows_l) == 1 else torch.cat(rows_l)
+    crow = torch.zeros(B + 1, dtype=torch.long)
+    torch.cumsum(row_counts, 0, out=crow[1:])
+
+    # Decode and the gradient at the active pairs in one pass per row; the factor 2/(B d) of
+    # dLoss/dx_hat is folded into alpha and the weights, as on the torch path.
+    err = bufs.get("table", (B, d))  # [B, d] x_hat - x
+    base = penalty.active_grad(cols, vals)  # [nnz]
+    dpre, row_sq = kernels.decode_sddmm(crow, cols, vals, base, W_dec.detach(), xbar, inv, err)
+    mse = row_sq.sum() / (B * d)
+
+    # Weight gradients per feature, written in place (W_enc's straight into its [d, n] layout).
+    ccol, perm = kernels.csc_order(cols, n)
+    kernels.weight_grads(ccol, perm, rows, vals * inv, err, rows, dpre, xbar, W_dec.grad, W_enc.grad, b_enc.grad,
+                         bufs.get("dW_enc_T", (n, d)))
+    ones_B = bufs.get("ones_B", (B,))
+    ones_B.fill_(1.0)
+    g_sum = torch.mv(err.t(), ones_B).mul_(inv)  # [d]
+    torch.addmv(g_sum, W_enc, b_enc.grad, alpha=-1.0, out=b_dec.grad)
+
+    l1 = penalty.sparse_value(W_dec, cols, vals)  # also adds the penalty's own W_dec gradient, if any
+    loss = mse + penalty.weight * l1
+    return StepStats(loss=loss, mse=mse, l1=l1, aux=torch.zeros(()), fire_counts=ccol.diff(), sparse=True)
+
+
 def _dense_relu_step(sae, x, xbar, xbar_mm, W_enc_mm, b_enc_mm, pre0, chunk, penalty, inv, mm_dtype,
-                     bufs) -> StepStats:
+                     bufs, pre0_has_bias: bool = True) -> StepStats:
     """Dense fallback (many features active): the six GEMMs of a plain step, chunked over rows.
 
-    ``pre0``: the first chunk's pre-activations, already computed. Column sums are GEMVs with a
+    ``pre0``: the first chunk's pre-activations, already computed (without the bias if not
+    ``pre0_has_bias``). Column sums are GEMVs with a
     ones vector and the ReLU mask is a 0/1 float array: reductions of bool arrays over the batch
     were ~20x slower than a GEMV on this CPU.
     """
@@ -296,7 +374,7 @@ def _dense_relu_step(sae, x, xbar, xbar_mm, W_enc_mm, b_enc_mm, pre0, chunk, pen
     low = mm_dtype != torch.float32
     W_dec_mm = W_dec.to(mm_dtype) if low else W_dec
     grad_buf = bufs.get("G", (chunk, n), mm_dtype)  # [chunk, n] dLoss/dpre
-    mask_buf = bufs.get("maskF", (chunk, n), mm_dtype)  # [chunk, n] 1.0 where pre > 0
+    mask_buf = None  # [chunk, n] 1.0 where pre > 0 (the torch ops' path)
     ones = torch.ones(chunk, device=dev)
     counts = torch.zeros(n, device=dev)
     f_sum = torch.zeros(n, device=dev)
@@ -307,6 +385,24 @@ def _dense_relu_step(sae, x, xbar, xbar_mm, W_enc_mm, b_enc_mm, pre0, chunk, pen
     def colsum(a: torch.Tensor) -> torch.Tensor:  # [r, n] -> [n] in fp32
         return torch.mv(a.t(), ones[: a.shape[0]]) if not low else a.sum(0, dtype=torch.float32)
 
+    # bf16 on CPU with numba: the ReLU and its statistics, then the penalty's constant and the ReLU
+    # mask on dLoss/df with its column sums, each in one pass (kernels.py) instead of six.
+    fused = low and kernels.usable(x)
+    c_active = None
+    own_grad = True  # the penalty adds its gradient to G itself
+    if fused:
+        from .recipes import L1Penalty
+
+        own_grad = type(penalty).add_dense_grad is not L1Penalty.add_dense_grad
+        if not own_grad:  # a constant per feature
+            c = penalty.grad_active
+            c = c if isinstance(c, torch.Tensor) else torch.full((n,), float(c), device=dev)
+            c_active = c.to(mm_dtype).float().contiguous()  # as torch's bf16 add rounds it
+        else:
+            c_active = torch.zeros(n, device=dev)
+        b_enc_f = b_enc_mm.float().contiguous()  # [n] the bf16 bias as fp32 (exact)
+        zero_n = torch.zeros(n, device=dev)
+
     for s in range(0, B, chunk):
         e = min(B, s + chunk)
         r = e - s
@@ -314,10 +410,19 @@ def _dense_relu_step(sae, x, xbar, xbar_mm, W_enc_mm, b_enc_mm, pre0, chunk, pen
             pre = pre0
         else:
             pre = torch.addmm(b_enc_mm, xbar_mm[s:e], W_enc_mm, out=bufs.get("pre", (chunk, n), mm_dtype)[:r])
-        mask = torch.gt(pre, 0, out=mask_buf[:r])
-        counts += colsum(mask)
-        f = pre.relu_()  # [r, n]
-        f_sum += colsum(f)
+        if fused:
+            # The first chunk may come without its bias: the kernel adds it as torch's bf16 add would.
+            has_bias = pre0_has_bias or s > 0
+            kernels.dense_relu_(pre, zero_n if has_bias else b_enc_f, counts, f_sum)
+            f = pre  # [r, n] relu'd in place
+        else:
+            if s == 0 and not pre0_has_bias:
+                pre.add_(b_enc_mm)
+            mask_buf = mask_buf if mask_buf is not None else bufs.get("maskF", (chunk, n), mm_dtype)
+            mask = torch.gt(pre, 0, out=mask_buf[:r])
+            counts += colsum(mask)
+            f = pre.relu_()  # [r, n]
+            f_sum += colsum(f)
         if low:
             err = (f @ W_dec_mm).float().sub_(xbar[s:e])  # [r, d] x_hat - x
         else:
@@ -327,9 +432,14 @@ def _dense_relu_step(sae, x, xbar, xbar_mm, W_enc_mm, b_enc_mm, pre0, chunk, pen
         g_sum += g.sum(0)
         g_mm = g.to(mm_dtype) if low else g
         G = torch.mm(g_mm, W_dec_mm.t(), out=grad_buf[:r])  # [r, n] dLoss/df
-        penalty.add_dense_grad(G, f)
-        G.mul_(mask)  # ReLU backward
-        db_enc += colsum(G)
+        if fused:
+            if own_grad:
+                penalty.add_dense_grad(G, f)  # a penalty whose gradient depends on f
+            kernels.dense_grad_mask_(G, f, c_active, db_enc)
+        else:
+            penalty.add_dense_grad(G, f)
+            G.mul_(mask)  # ReLU backward
+            db_enc += colsum(G)
         if low:
             # bf16 GEMMs give bf16 gradients (as under autocast); they are accumulated in fp32.
             dW_dec, dW_enc = f.t() @ g_mm, xbar_mm[s:e].t() @ G  # [n, d], [d, n]
