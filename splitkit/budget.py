@@ -5,26 +5,28 @@ The estimates are sums of array sizes the study will hold at its peak, plus cons
 this project's machine (2 cores of an AMD EPYC, 24 GiB, torch CPU). Calibration, 2026-12-01:
 
 Universality (``python -m studies.universality``), peak anonymous memory (``RssAnon`` of the study
-process sampled every 0.1 s): the peak is the analysis' attribution view, where both runs' feature
-activations (CSR, 8 bytes an entry), both runs' neurons (CSR, 3.8% of 512 neurons nonzero), the
-attribution vectors of both runs (float64 values on the features' own index arrays, 8 bytes an
-entry) and one chunk of column copies of the paired correlation (``correlation.paired_correlation``,
-at most 2^24 entries) are alive at once. At the default (2,048 features, 4M analysis tokens,
-L0 15.6 measured on the analysis tokens) the parts sum to 4.3 GiB with the interpreter and libraries
-(``BASE_BYTES``); the study peaked at 5.0 GiB (measured, see docs/performance.md): allocator slack and
-the smaller arrays alive beside them are ``SLACK`` (x1.15) of the parts. L0 is not known before the
-dictionaries are trained: ``L0_ASSUMED`` (24, above the 11-25 measured on the default dictionaries)
-stands in for it, so the estimate errs high.
+process sampled every 0.1 s, warm cache, default preset): the peak is the analysis' attribution
+views, where both runs' feature activations (CSR, 8 bytes an entry), both runs' neurons (CSR, 3.8%
+of 512 neurons nonzero), the attribution vectors of both runs (float64 values on the features' own
+index arrays, 8 bytes an entry), one chunk of column copies of ``correlation.paired_correlation``
+(at most 2^24 entries) and the logit effects are alive at once. At the default (2,048 features, 4M
+analysis tokens, L0 15.6 measured on the analysis tokens) those parts come to 3.88 GiB and the study
+peaked at 5.00 GiB: ``SLACK`` (x1.2, allocator slack and the smaller arrays alive beside them) and
+``BASE_BYTES`` (0.4 GiB) are fitted to that, so the estimate at the measured L0 is 5.05 GiB (+1%).
+L0 is not known before the dictionaries are trained: ``L0_ASSUMED`` (24, above the 11-25 measured
+on the default's dictionaries) stands in for it, so the printed default, 6.3 GiB, errs high by 25%.
 
 Times are for a cold run (every stage built) and for a warm one (every upstream stage cached: the
 analysis alone), from per-unit rates measured on the idle machine (docs/performance.md): LM training
 20k tokens/s, activation harvest 145k tokens/s, dictionary training 9.0e-9 s per feature and SAE
-token, feature activations 6.1e-9 s per feature and analysis token, the universality analysis
-``UNIV_ANALYSIS_S_PER_TOKEN`` per analysis token at 2,048 features (scaled linearly with the
-number of features plus neurons). A loaded machine is 2-5x slower; a GPU much faster at training.
+token, feature activations 6.1e-9 s per feature and analysis token, and the analysis 5.5e-5 s per
+analysis token at 2,048 features (220 CPU-s for the warm default, 2026-12-01; scaled linearly with
+the number of features plus neurons). The default's cold sum, 14 min, is within 6% of the 14 min
+49 s of ``make run`` from a clean clone (idle, 2026-11-26). A loaded machine is 2-5x slower in wall
+time (the warm default took 10.7 min at a load average of 12); a GPU is much faster at training.
 
-Splitting (``python -m studies.splitting``): the rates of the first estimate
-(``analyses.splitting_run``): training and encoding as above, the analysis passes (twins, links,
+Splitting (``python -m studies.splitting``), not re-measured here: the rates of the study's first
+estimate (``analyses.splitting_run.estimate``): training and encoding as above, the analysis passes (twins, links,
 null, matching) 2.0e-9 s per feature and analysis token, UMAP 4 ms per point; memory the larger of
 training (parameters, gradients, two Adam moments of every size at once, float32) and the analysis
 (every size's CSR activations of every run at ``L0_ASSUMED``, twice for the CSC copies of the
@@ -45,28 +47,30 @@ from .config import Config, ConfigError, SplittingConfig
 
 GiB = 1 << 30
 
-#: the interpreter with torch, numba, scipy and pandas loaded, before any array (measured 0.6 GiB)
-BASE_BYTES = int(0.6 * GiB)
+#: the interpreter with torch, numba, scipy, pandas and splitkit imported (0.25 GiB measured), the
+#: numba kernels compiled and the LMs loaded
+BASE_BYTES = int(0.4 * GiB)
 #: feature firings per token assumed before a dictionary exists (measured 11-25 on the default's dictionaries)
 L0_ASSUMED = 24
 #: share of the LM's MLP neurons nonzero after the ReLU (measured 0.038 on the default preset)
-NEURON_DENSITY = 0.04
+NEURON_DENSITY = 0.038
 #: bytes of one CSR entry: float32 value + int32 column
 CSR_ENTRY = 8
 #: stored entries of one chunk of ``paired_correlation``'s column copies, and its bytes per entry
 #: (the float32 selection, its float64 copy, both sides, and their product)
 PAIR_CHUNK_NNZ = 1 << 24
 PAIR_CHUNK_ENTRY = 40
-#: allocator slack and the smaller arrays alive beside the counted ones: measured / counted peak
-SLACK = 1.15
+#: allocator slack and the smaller arrays alive beside the counted ones: (measured peak - base) / counted parts
+SLACK = 1.2
 
 LM_TOKENS_PER_S = 20_000.0
 HARVEST_TOKENS_PER_S = 145_000.0
 TOKENIZE_S = 30.0
 TRAIN_S_PER_FEATURE_TOKEN = 9.0e-9
 ENCODE_S_PER_FEATURE_TOKEN = 6.1e-9
-#: universality analysis (matching, baselines, views, twins) per analysis token, at 2,048 features + 512 neurons
-UNIV_ANALYSIS_S_PER_TOKEN = 3.0e-5
+#: universality analysis (loading, matching, baselines, views, twins, report) per analysis token, at 2,048
+#: features + 512 neurons: 220 CPU-s of the warm default run
+UNIV_ANALYSIS_S_PER_TOKEN = 5.5e-5
 LINK_S_PER_FEATURE_TOKEN = 2.0e-9
 UMAP_S_PER_POINT = 4.0e-3
 
@@ -111,14 +115,15 @@ def _train_state_bytes(sizes, d: int, batch: int) -> int:
     return n * d * 4 * 2 * 4 + batch * int(max(sizes)) * 4 * 3
 
 
-def universality_estimate(cfg: Config, replicates: int = 1) -> Estimate:
+def universality_estimate(cfg: Config, replicates: int = 1, l0: float = L0_ASSUMED) -> Estimate:
     """Peak memory and time of ``studies.universality`` for ``cfg`` (one size, ``cfg.dict.sizes[0]``).
 
     Memory parts (bytes), with ``T = cfg.analysis.n_tokens``, ``n`` features, ``d = d_mlp`` and
     ``V`` the vocabulary: ``features`` ``2 T L0 8`` (both runs' CSR), ``neurons`` ``2 T d 0.04 8``,
     ``attribution`` ``2 T L0 8`` (float64 values, shared indices), ``pair_chunk`` ``2^24 x 40``,
     ``effects`` ``2 (n + d) V 12`` (float32 and the centred float64 copy); their sum times ``SLACK``
-    plus ``BASE_BYTES``, or the training state where that is larger.
+    plus ``BASE_BYTES``, or the training state where that is larger. ``l0``: feature firings per
+    analysis token (``L0_ASSUMED`` before the dictionaries exist).
     """
     if replicates < 1:
         raise ValueError(f"replicates must be >= 1, got {replicates}")
@@ -127,10 +132,10 @@ def universality_estimate(cfg: Config, replicates: int = 1) -> Estimate:
     d = int(cfg.model.d_mlp)
     V = int(cfg.tokenizer.vocab_size)
     mem = {
-        "features": 2 * T * L0_ASSUMED * CSR_ENTRY,
+        "features": int(2 * T * l0 * CSR_ENTRY),
         "neurons": int(2 * T * d * NEURON_DENSITY * CSR_ENTRY),
-        "attribution": 2 * T * L0_ASSUMED * 8,
-        "pair_chunk": min(PAIR_CHUNK_NNZ, 2 * T * L0_ASSUMED) * PAIR_CHUNK_ENTRY,
+        "attribution": int(2 * T * l0 * 8),
+        "pair_chunk": int(min(PAIR_CHUNK_NNZ, 2 * T * l0) * PAIR_CHUNK_ENTRY),
         "effects": 2 * (n + d) * V * 12,
     }
     analysis = int(sum(mem.values()) * SLACK)
@@ -150,7 +155,8 @@ def universality_estimate(cfg: Config, replicates: int = 1) -> Estimate:
                     device_bytes=_device_bytes(cfg, (n,)))
 
 
-def splitting_estimate(cfg: Config, scfg: SplittingConfig, n_runs: int = 2, n_recipes: int = 1) -> Estimate:
+def splitting_estimate(cfg: Config, scfg: SplittingConfig, n_runs: int = 2, n_recipes: int = 1,
+                       l0: float = L0_ASSUMED) -> Estimate:
     """Peak memory and time of ``studies.splitting`` for ``cfg`` and the family ``scfg.sizes``.
 
     Memory parts, with ``T = scfg.analysis_tokens``, ``N = sum(sizes)`` and ``S`` sizes: ``acts``
@@ -162,8 +168,8 @@ def splitting_estimate(cfg: Config, scfg: SplittingConfig, n_runs: int = 2, n_re
     d = int(cfg.model.d_mlp)
     T = int(scfg.analysis_tokens)
     mem = {
-        "acts": n_runs * len(sizes) * T * L0_ASSUMED * CSR_ENTRY,
-        "links": n_runs * len(sizes) * T * L0_ASSUMED * CSR_ENTRY,
+        "acts": int(n_runs * len(sizes) * T * l0 * CSR_ENTRY),
+        "links": int(n_runs * len(sizes) * T * l0 * CSR_ENTRY),
         "decoders": n_runs * N * d * (4 + 8),
         "umap": n_runs * N * scfg.umap_neighbors * 8 * 20,
     }
