@@ -45,6 +45,13 @@ def _recipe_names() -> tuple[str, ...]:
     return recipe_names()
 
 
+def _recipe_uses_k(name: str) -> bool:
+    """Whether recipe ``name``'s sparsity is TopK's k rather than lambda."""
+    from .train.recipes import get_recipe
+
+    return get_recipe(name).uses_k
+
+
 class _Section:
     def to_dict(self) -> dict:
         return json.loads(json.dumps(dataclasses.asdict(self)))
@@ -170,6 +177,10 @@ class DictConfig(_Section):
     # 8M-token run: lambda warmed up over 400k tokens, then a constant learning rate.
     l1_warmup_tokens: int | None = 400_000
     lr_decay_frac: float | None = 0.0
+    # None: lambda follows the schedule above. A number: each dictionary's lambda is steered during
+    # training (from l1_coeff, after the warm-up, frozen over the last 5%) until its mean L0 is this
+    # (``train.l0control``); the L1 recipes only (topk's L0 is k).
+    target_l0: float | None = None
 
     def __post_init__(self):
         if not self.sizes or any((not isinstance(s, int)) or s <= 0 for s in self.sizes):
@@ -182,12 +193,16 @@ class DictConfig(_Section):
             raise ConfigError(f"dict.l1_warmup_tokens must be empty (the recipe's own) or >= 0 tokens, got {w!r}")
         if f is not None and not (isinstance(f, (int, float)) and 0 <= f <= 1):
             raise ConfigError(f"dict.lr_decay_frac must be empty (the recipe's own) or in [0, 1], got {f!r}")
+        t = self.target_l0
+        if t is not None and not (isinstance(t, (int, float)) and not isinstance(t, bool) and t > 0 and not _recipe_uses_k(self.recipe)):
+            raise ConfigError(f"dict.target_l0 must be empty (fixed lambda) or a mean L0 > 0 for an L1 recipe, got {t!r} "
+                              f"with recipe {self.recipe!r}")
 
     def key_dict(self) -> dict:
         """``to_dict`` for cache keys: unset schedule fields are left out, so caches keyed before
         these fields existed stay valid."""
         d = self.to_dict()
-        for name in ("l1_warmup_tokens", "lr_decay_frac"):
+        for name in ("l1_warmup_tokens", "lr_decay_frac", "target_l0"):
             if d[name] is None:
                 del d[name]
         return d
