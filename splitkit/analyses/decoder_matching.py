@@ -147,7 +147,8 @@ def neuron_basis_map(acts_a, acts_b, ridge: float = 1e-3) -> tuple[np.ndarray, f
 
 def decoder_yardstick(W_dec_a: np.ndarray, W_dec_b: np.ndarray, M: np.ndarray | None, *,
                       neurons_alive_a: np.ndarray | None = None, neurons_alive_b: np.ndarray | None = None,
-                      map_r2: float | None = None, threshold: float = THRESHOLD, seed: int = 0, **kwargs) -> dict:
+                      map_r2: float | None = None, threshold: float = THRESHOLD, seed: int = 0, unmapped: bool = True,
+                      **kwargs) -> dict:
     """The decoder-cosine yardstick of one pair of dictionaries, with its neuron baseline and chance level.
 
     ``W_dec_a [n_a, d_a]``, ``W_dec_b [n_b, d_b]``: the two decoders; ``M [d_a, d_b]``: the map from
@@ -159,7 +160,7 @@ def decoder_yardstick(W_dec_a: np.ndarray, W_dec_b: np.ndarray, M: np.ndarray | 
     directions (rows of M) against B's alive neurons (the basis vectors), the figure the features beat
     or not; ``random``: A's rows against a Gaussian decoder of B's shape (seeded), the chance level;
     ``features_unmapped``: the rows compared in their own bases (meaningful only without a map; with
-    one, a second chance level).
+    one, a second chance level; ``unmapped=False`` skips it).
     """
     if threshold is None or not -1 <= threshold <= 1:
         raise ValueError(f"threshold must be a cosine in [-1, 1], got {threshold}")
@@ -178,7 +179,7 @@ def decoder_yardstick(W_dec_a: np.ndarray, W_dec_b: np.ndarray, M: np.ndarray | 
         alive_b = np.ones(d_b, bool) if neurons_alive_b is None else np.asarray(neurons_alive_b, bool)
         out["neurons"] = decoder_cosine_share(M * alive_a[:, None], np.diag(alive_b.astype(np.float64)), threshold,
                                               **kwargs)
-        if W_a.shape[1] == d_b:
+        if unmapped and W_a.shape[1] == d_b:
             out["features_unmapped"] = decoder_cosine_share(W_a, W_b, threshold, **kwargs)
     out["map_r2"] = map_r2
     out["how"] = (f"one-to-one (Hungarian) assignment of decoder rows by cosine; share of A's features whose match "
