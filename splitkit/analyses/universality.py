@@ -302,6 +302,23 @@ def redundancy_block(acts, W_dec, counts: np.ndarray, mask: np.ndarray, n_twin_t
     return out, cl
 
 
+def decoder_block(a: Side, b: Side, neurons_alive_a: np.ndarray, neurons_alive_b: np.ndarray, seed: int = 0) -> dict | None:
+    """The decoder-cosine yardstick of runs A and B (``decoder_matching.decoder_yardstick`` at its
+    threshold, 0.7): A's decoder rows mapped into B's neuron basis by the least-squares map fitted on
+    the first ``decoder_matching.MAP_TOKENS`` analysis tokens, with the neuron baseline and a random
+    decoder's chance level; None without both decoders."""
+    from . import decoder_matching as D
+
+    if a.W_dec is None or b.W_dec is None:
+        return None
+    m = min(a.neuron_acts.shape[0], D.MAP_TOKENS)
+    M, r2 = D.neuron_basis_map(a.neuron_acts[:m], b.neuron_acts[:m])
+    out = D.decoder_yardstick(a.W_dec, b.W_dec, M, neurons_alive_a=neurons_alive_a, neurons_alive_b=neurons_alive_b,
+                              map_r2=r2, threshold=D.THRESHOLD, seed=seed)
+    out["map_tokens"] = int(m)
+    return out
+
+
 def neuron_density_stats(counts: np.ndarray, n_tok: int, ultralow_density: float) -> dict:
     """Dead / ultralow / counted numbers of one basis under the one exclusion rule (:func:`counted_mask`)."""
     counts = np.asarray(counts)
@@ -473,6 +490,7 @@ def analyse(a: Side, b: Side, next_tokens: np.ndarray, cfg: Config, top_token_id
     views["dedup_how"] = ("one representative per activation-twin cluster at 0.9 (the most frequently firing member) "
                           "in each dictionary; A's counted representatives matched against all of B's representatives")
     nviews = R.view_figures(neurons, n_counted)
+    decoder = decoder_block(a, b, n_alive, np.asarray(NB.nnz) > 0, ac.shuffle_seed)
 
     summary = {
         "n_analysis_tokens": int(n_tok),
@@ -511,6 +529,8 @@ def analyse(a: Side, b: Side, next_tokens: np.ndarray, cfg: Config, top_token_id
                    "features and neurons independently",
         },
     }
+    if decoder is not None:
+        summary["decoder_cosine"] = decoder
     if exact is not None:
         summary["attribution_scale"] = {**exact, "how": (
             "attribution correlation of the matched counted features with the final layer norm's 1/sigma frozen "
@@ -535,6 +555,7 @@ REPLICATE_FIGURES = {
     "features_minus_neurons": ("features_minus_neurons_median",),
     "features_one_to_one_median": ("views", "features", "one_to_one_median"),
     "features_dedup_median": ("views", "features", "dedup_many_to_one_median"),
+    "decoder_share_above": ("decoder_cosine", "features", "share_above"),
     "twin_share_act_A": ("redundancy", "A", "twin_share_act_0.9"),
     "twin_share_act_B": ("redundancy", "B", "twin_share_act_0.9"),
 }
