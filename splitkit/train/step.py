@@ -27,7 +27,9 @@ import torch
 import torch.nn.functional as F
 
 from ..sae import SparseAutoencoder
-from .recipes import Recipe, get_recipe
+from .registry import get_recipe
+
+# ``Recipe`` in annotations is :class:`.recipes.Recipe`, left unimported: the recipes import this module
 
 
 class Buffers:
