@@ -13,6 +13,7 @@ from safetensors.torch import load_file
 from ..sae import SparseAutoencoder, atomic_save_tensors, atomic_write_json
 from .config import TrainerConfig
 from .member import PARAMS, TRAINER_FORMAT_VERSION, Member
+from .nested import prefix_dictionary
 
 CHECKPOINT_POINTER = "checkpoint.json"
 L0_CONTROL_FILE = "l0_control.json"
@@ -38,8 +39,6 @@ def write_views(folder: Path, members: dict[str, int], cfg: TrainerConfig) -> li
     the member's firing counts. Rewrites what is there (so it can run again after the members'
     folders moved, as ``distributed`` does). Returns the sizes written; none without prefixes.
     """
-    from .nested import prefix_dictionary
-
     written = []
     for name, n in members.items():
         views = [m for m in cfg.prefixes if m < n]

@@ -7,7 +7,9 @@ from typing import Any
 
 from ..precision import MATMUL_DTYPES
 from ..sae import strict_from_dict
-from .recipes import Recipe, get_recipe, recipe_names
+from .registry import get_recipe, recipe_names
+
+# ``Recipe`` in annotations is :class:`.recipes.Recipe`, left unimported: the recipes refer to this module
 
 
 @dataclass(frozen=True)
