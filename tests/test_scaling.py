@@ -163,7 +163,9 @@ def test_scaling_grid_end_to_end_and_resume(smoke_cfg, tmp_path):
     assert (df["decoder_threshold"] == 0.7).all() and df["decoder_map_r2"].between(0, 1).all()
     assert (df.groupby(["recipe", "n_features", "sae_tokens"])["decoder_share"].nunique() == 1).all()
     dec = Path(smoke_cfg.cache_dir) / "decoder_point"
-    assert len(list(dec.glob("*/record.json"))) == 12
+    # 12 (recipe, size, budget) combinations here; the shared smoke cache may hold other tests' records
+    assert df.groupby(["recipe", "n_features", "sae_tokens"]).ngroups == 12
+    assert len(list(dec.glob("*/record.json"))) >= 12
     # points cached before the column existed (no decoder record) still load, and get it without re-measuring
     shutil.rmtree(dec)
     assert study.main(argv + ["--report-only"]) == 0
