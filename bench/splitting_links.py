@@ -34,6 +34,7 @@ import scipy.sparse as sp
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from splitkit.analyses import splitting as S  # noqa: E402
+from splitkit.analyses.splitting.cofire import _engine  # noqa: E402
 
 
 def synthetic(n_tokens: int, n_parent: int, l0: int, seed: int):
@@ -79,7 +80,7 @@ def main(argv=None) -> dict:
     args = ap.parse_args(argv)
 
     res = {"tokens": args.tokens, "parents": args.parents, "children": 2 * args.parents, "l0": args.l0,
-           "k": args.k, "min_cofire": args.min_cofire, "engine": S._engine(args.engine), "machine": platform.processor() or platform.machine(),
+           "k": args.k, "min_cofire": args.min_cofire, "engine": _engine(args.engine), "machine": platform.processor() or platform.machine(),
            "cpus": os.cpu_count()}
     if S.HAVE_NUMBA:
         import numba

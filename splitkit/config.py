@@ -45,6 +45,13 @@ def _recipe_names() -> tuple[str, ...]:
     return recipe_names()
 
 
+def _recipe_uses_k(name: str) -> bool:
+    """Whether recipe ``name``'s sparsity is TopK's k rather than lambda."""
+    from .train.recipes import get_recipe
+
+    return get_recipe(name).uses_k
+
+
 class _Section:
     def to_dict(self) -> dict:
         return json.loads(json.dumps(dataclasses.asdict(self)))
@@ -169,6 +176,10 @@ class DictConfig(_Section):
     # 8M-token run: lambda warmed up over 400k tokens, then a constant learning rate.
     l1_warmup_tokens: int | None = 400_000
     lr_decay_frac: float | None = 0.0
+    # None: lambda follows the schedule above. A number: each dictionary's lambda is steered during
+    # training (from l1_coeff, after the warm-up, frozen over the last 5%) until its mean L0 is this
+    # (``train.l0control``); the L1 recipes only (topk's L0 is k).
+    target_l0: float | None = None
 
     def __post_init__(self):
         if not self.sizes or any((not isinstance(s, int)) or s <= 0 for s in self.sizes):
@@ -184,6 +195,10 @@ class DictConfig(_Section):
         lam = self.l1_coeff
         if lam is not None and not (isinstance(lam, (int, float)) and not isinstance(lam, bool) and lam > 0):
             raise ConfigError(f"dict.l1_coeff must be empty (the recipe's own) or a positive number, got {lam!r}")
+        t = self.target_l0
+        if t is not None and not (isinstance(t, (int, float)) and not isinstance(t, bool) and t > 0 and not _recipe_uses_k(self.recipe)):
+            raise ConfigError(f"dict.target_l0 must be empty (fixed lambda) or a mean L0 > 0 for an L1 recipe, got {t!r} "
+                              f"with recipe {self.recipe!r}")
 
     @property
     def lam(self) -> float | None:
@@ -200,7 +215,7 @@ class DictConfig(_Section):
         it to the recipe and naming the same value share one cache entry."""
         d = self.to_dict()
         d["l1_coeff"] = self.lam
-        for name in ("l1_warmup_tokens", "lr_decay_frac"):
+        for name in ("l1_warmup_tokens", "lr_decay_frac", "target_l0"):
             if d[name] is None:
                 del d[name]
         return d

@@ -120,7 +120,9 @@ def attribution_vectors(acts, logit_eff, next_tokens):
     if nxt.size and (nxt.min() < 0 or nxt.max() >= L.shape[1]):
         raise ValueError(f"next_tokens must lie in [0, {L.shape[1]})")
     if sp.issparse(acts):
-        m = sp.csr_matrix(acts).astype(np.float64)  # astype copies: float64 data, same pattern
+        c = sp.csr_matrix(acts)
+        # float64 values on the input's own index arrays (shared, not copied: 8 instead of 12 bytes an entry)
+        m = sp.csr_matrix((c.data.astype(np.float64), c.indices, c.indptr), shape=c.shape, copy=False)
         step = max(1, (1 << 22) // max(1, int(m.nnz / max(n_tokens, 1))))  # ~4M entries per block
         for t0 in range(0, n_tokens, step):
             t1 = min(t0 + step, n_tokens)

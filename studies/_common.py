@@ -100,6 +100,9 @@ def add_dict_args(p: argparse.ArgumentParser) -> None:
                    help="tokens each dictionary trains on, e.g. '2M' or '8M' (default: the preset's)")
     p.add_argument("--l1-coeff", type=float, default=None,
                    help="sparsity penalty lambda of the L1 recipes (default: the preset's; see docs/recipes.md)")
+    p.add_argument("--target-l0", type=float, default=None,
+                   help="steer each dictionary's lambda during training to this mean L0 (L1 recipes; --l1-coeff "
+                        "is then the starting lambda; default: lambda fixed)")
 
 
 def dict_overrides(args) -> dict:
@@ -115,6 +118,10 @@ def dict_overrides(args) -> dict:
         if not args.l1_coeff > 0:
             raise ConfigError(f"--l1-coeff must be a positive number, got {args.l1_coeff}")
         d["l1_coeff"] = args.l1_coeff
+    if getattr(args, "target_l0", None) is not None:
+        if not args.target_l0 > 0:
+            raise ConfigError(f"--target-l0 must be a positive mean L0, got {args.target_l0}")
+        d["target_l0"] = args.target_l0
     return d
 
 

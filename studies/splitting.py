@@ -28,28 +28,6 @@ def parse_runs(text: str) -> tuple[str, ...]:
     return tuple(sorted(parts))
 
 
-def mem_available() -> int | None:
-    """Bytes the kernel says are available (``MemAvailable`` of /proc/meminfo), None where unreadable."""
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        return None
-    return None
-
-
-def check_fits(est: dict, available: int | None) -> None:
-    """Stop with one line naming what to lower when the estimated peak exceeds the available memory."""
-    from splitkit.config import ConfigError
-
-    if available is not None and est["peak_bytes"] > available:
-        what = ("--analysis-tokens or the largest of --sizes" if est["analysis_bytes"] >= est["train_bytes"]
-                else "the largest of --sizes")
-        raise ConfigError(f"the study needs about {est['peak_bytes'] / 2**30:.1f} GiB at its peak but this machine has "
-                          f"{available / 2**30:.1f} GiB available; lower {what}")
-
-
 def main(argv=None) -> int:
     p = base_parser(__doc__.split("\n\n")[0])
     p.add_argument("--sizes", default=None,
@@ -63,6 +41,9 @@ def main(argv=None) -> int:
                    help="also run the study with this recipe and put the two side by side in report.md "
                         "(its own files go to <out>/compare_<recipe>/)")
     add_dict_args(p)
+    p.add_argument("--no-memory-check", action="store_true",
+                   help="start even when the estimated peak memory exceeds what the machine has available "
+                        "(also: SPLITKIT_NO_MEMORY_CHECK=1)")
     p.add_argument("--out", default="results/splitting", help="output folder")
     args = p.parse_args(argv)
     with friendly_errors():
@@ -90,25 +71,21 @@ def main(argv=None) -> int:
         d = dict_overrides(args)
         if d:
             cfg = cfg.with_overrides(dict=d)
-        from splitkit.analyses.splitting_run import estimate, run_splitting, study_config
+        from splitkit import budget
+        from splitkit.analyses.splitting_run import run_splitting, study_config
         from splitkit.report.splitting import write_splitting
 
         recipes = [cfg.dict.recipe] + ([args.compare_recipe] if args.compare_recipe not in (None, cfg.dict.recipe)
                                        else [])
-        est = estimate(cfg, scfg, len(runs))
-        est["time_s"] *= len(recipes)
-        print(f"estimate (cold, idle machine; {est['how']}): about {est['time_s'] / 60:.0f} min "
-              f"(training {est['train_s'] / 60:.0f}, features {est['features_s'] / 60:.0f}, links "
-              f"{est['links_s'] / 60:.0f}, UMAP {est['umap_s'] / 60:.0f} per recipe), peak memory about "
-              f"{est['peak_bytes'] / 2**30:.1f} GiB; cached stages are reused", file=sys.stderr)
-        check_fits(est, mem_available())
+        est = budget.splitting_estimate(cfg, scfg, len(runs), len(recipes))
+        budget.announce(est, cfg.device, args.no_memory_check)
         out = Path(args.out)
         summaries, first = {}, None
         for i, recipe in enumerate(recipes):
             rcfg = cfg.with_overrides(dict={"recipe": recipe})
             t0 = time.perf_counter()
             res = run_splitting(rcfg, scfg, runs, progress=not args.quiet)
-            extra = {"wall_s": time.perf_counter() - t0, "estimate": est}
+            extra = {"wall_s": time.perf_counter() - t0, "estimate": est.to_dict()}
             if i == 0:
                 first = (res, rcfg, extra)
             # summary.json records the config the pipeline ran with (the family's sizes, the analysis tokens)

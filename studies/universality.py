@@ -23,6 +23,12 @@ def main(argv=None) -> int:
     add_dict_args(p)
     p.add_argument("--replicates", type=int, default=1,
                    help="dictionary seeds 0..K-1 on the same LM pair; headline figures as mean and 95%% interval")
+    p.add_argument("--analysis-tokens", default=None,
+                   help="analysis tokens the correlations run over, e.g. '1M' (default: the preset's, 4M; capped by "
+                        "the corpus's analysis split); the peak memory grows with it")
+    p.add_argument("--no-memory-check", action="store_true",
+                   help="start even when the estimated peak memory exceeds what the machine has available "
+                        "(also: SPLITKIT_NO_MEMORY_CHECK=1)")
     p.add_argument("--out", default="results/universality", help="output folder")
     args = p.parse_args(argv)
     with friendly_errors():
@@ -42,11 +48,18 @@ def main(argv=None) -> int:
         d.update(dict_overrides(args))
         if d:
             over["dict"] = d
+        if args.analysis_tokens is not None:
+            from splitkit.config import parse_token_count
+
+            over["analysis"] = {"n_tokens": parse_token_count(args.analysis_tokens, "--analysis-tokens")}
         cfg = cfg.with_overrides(**over)
         if cfg.seed_a == cfg.seed_b:
             raise ConfigError(f"--seed-a and --seed-b must differ (both {cfg.seed_a})")
         if args.replicates < 1:
             raise ConfigError(f"--replicates must be a positive number of dictionary seeds, got {args.replicates}")
+        from splitkit import budget
+
+        budget.announce(budget.universality_estimate(cfg, args.replicates), cfg.device, args.no_memory_check)
         from splitkit.report import write_universality
         from splitkit.analyses.universality import run_universality
 

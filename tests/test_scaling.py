@@ -157,6 +157,24 @@ def test_scaling_grid_end_to_end_and_resume(smoke_cfg, tmp_path):
     assert study.main(argv + ["--report-only"]) == 0
     pd.testing.assert_frame_equal(df.drop(columns=["features_s", "matching_s"]),
                                   pd.read_parquet(out / "scaling.parquet").drop(columns=["features_s", "matching_s"]))
+    # the decoder-cosine yardstick: a column of every point, one cached record per (recipe, size, budget)
+    for col in ("decoder_share", "decoder_share_neurons", "decoder_share_random", "decoder_median_cos"):
+        assert df[col].between(-1, 1).all(), col
+    assert (df["decoder_threshold"] == 0.7).all() and df["decoder_map_r2"].between(0, 1).all()
+    assert (df.groupby(["recipe", "n_features", "sae_tokens"])["decoder_share"].nunique() == 1).all()
+    dec = Path(smoke_cfg.cache_dir) / "decoder_point"
+    # 12 (recipe, size, budget) combinations here; the shared smoke cache may hold other tests' records
+    assert df.groupby(["recipe", "n_features", "sae_tokens"]).ngroups == 12
+    assert len(list(dec.glob("*/record.json"))) >= 12
+    # points cached before the column existed (no decoder record) still load, and get it without re-measuring
+    shutil.rmtree(dec)
+    assert study.main(argv + ["--report-only"]) == 0
+    old = pd.read_parquet(out / "scaling.parquet")
+    assert len(old) == 24 and ("decoder_share" not in old.columns or old["decoder_share"].isna().all())
+    stamps = stamps_of(folders)
+    assert study.main(argv) == 0
+    assert stamps_of(folders) == stamps
+    pd.testing.assert_series_equal(pd.read_parquet(out / "scaling.parquet")["decoder_share"], df["decoder_share"])
     # a lost point is recomputed to the same figures
     key_of = dict(zip(df["id"], df["key"]))
     lost = folders[key_of["paper-n128-t41000-a30000"]]

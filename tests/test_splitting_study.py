@@ -138,22 +138,6 @@ def test_other_bad_options_are_one_line(args, capsys):
     assert err.startswith("error: ") and "\n" not in err
 
 
-def test_memory_guard_names_what_to_lower():
-    from splitkit.analyses.splitting_run import estimate
-    from splitkit.config import ConfigError, get_preset, get_splitting_preset
-    from studies.splitting import check_fits
-
-    cfg = get_preset("default")
-    small = estimate(cfg, get_splitting_preset("default"))
-    big = estimate(cfg, get_splitting_preset("paper"))
-    assert big["peak_bytes"] > small["peak_bytes"] and big["time_s"] > small["time_s"]
-    # the paper's nine sizes: 261,632 features per run
-    assert big["n_features_per_run"] == 261_632
-    check_fits(small, small["peak_bytes"] + 1)
-    with pytest.raises(ConfigError, match="lower .*--sizes"):
-        check_fits(small, small["peak_bytes"] - 1)
-
-
 @pytest.mark.heavy
 def test_compare_recipe_side_by_side(tmp_path):
     """One run, two recipes: the second recipe's files in compare_<recipe>/, both in the main report."""

@@ -311,3 +311,24 @@ def test_replicate_summary_mean_and_t_interval():
     assert r["figures"]["neurons_median"]["sd"] == 0 and r["figures"]["twin_share_act_A"]["mean"] is None
     one = U.replicate_summary(sums[:1], "one")["figures"]["features_median"]
     assert one["mean"] == 0.70 and one["lo"] is None
+
+
+def test_decoder_block_maps_b_neuron_basis_and_finds_the_permuted_decoder():
+    """B's neurons are A's permuted (plus noise): the fitted map is that permutation, so a decoder of B
+    that is A's with rows shuffled and columns permuted matches fully, and A's neurons match B's."""
+    import dataclasses
+
+    a, b, _, _, pn = _sides()
+    rng = np.random.default_rng(5)
+    W = rng.normal(0, 1, (40, D_MLP))
+    rows = rng.permutation(40)
+    a = dataclasses.replace(a, W_dec=W)
+    b = dataclasses.replace(b, W_dec=W[rows][:, pn])
+    alive_a = np.asarray((a.neuron_acts != 0).sum(0)).ravel() > 0
+    alive_b = np.asarray((b.neuron_acts != 0).sum(0)).ravel() > 0
+    y = U.decoder_block(a, b, alive_a, alive_b)
+    assert y["threshold"] == 0.7 and y["map_tokens"] == N_TOK
+    # in 12 dimensions a random decoder's one-to-one matches clear 0.7 now and then, never mostly
+    assert y["features"]["share_above"] == 1.0 and y["random"]["share_above"] < 0.3
+    assert y["neurons"]["n"] == D_MLP - 1 and y["neurons"]["share_above"] == 1.0  # neuron 0 of A is dead
+    assert U.decoder_block(dataclasses.replace(a, W_dec=None), b, alive_a, alive_b) is None

@@ -40,6 +40,9 @@ from .universality import density_curve, summarize_units, universality_figures
 
 #: bump when a grid point's figures for the same inputs would change
 POINT_VERSION = 2  # 2: twin statistics and matching views per point; neurons under the features' exclusion rule
+#: version of the ``decoder_point`` records: a point's decoder-cosine columns, cached apart from the
+#: point itself, so points cached before these columns existed get them without being measured again
+DECODER_POINT_VERSION = 1
 
 
 def recipe_config(cfg: Config, sc: ScalingConfig, recipe: str, stored_analysis: int | None = None) -> Config:
@@ -131,6 +134,57 @@ def redundancy_row(FA, FB, w_dec, counts_a, n_t: int, ultralow_density: float) -
     return out
 
 
+#: a row's decoder-cosine columns -> (block of ``decoder_matching.decoder_yardstick``, figure)
+DECODER_COLUMNS = {"decoder_share": ("features", "share_above"), "decoder_median_cos": ("features", "median_cos"),
+                   "decoder_share_neurons": ("neurons", "share_above"),
+                   "decoder_median_cos_neurons": ("neurons", "median_cos"),
+                   "decoder_share_random": ("random", "share_above"), "decoder_median_cos_random": ("random", "median_cos")}
+
+
+def add_decoder_columns(cfg: Config, rows: list[dict], fams: dict, n_split: int, map_cache: dict,
+                        report_only: bool = False, progress: bool = True, log=print) -> None:
+    """Add the decoder-cosine yardstick to every row of ``rows`` (in place): the columns of
+    :data:`DECODER_COLUMNS`, ``decoder_threshold`` and ``decoder_map_r2``.
+
+    The figures depend on the two decoders and the map between the LMs' neuron bases only, not on
+    the analysis tokens, so they are computed once per (size, snapshot) and cached as a
+    ``decoder_point`` record (``DECODER_POINT_VERSION``) apart from the ``scaling_point`` records,
+    whose version is unchanged: rows cached before these columns existed get them from that record.
+    ``report_only``: read the records only (rows without one keep no decoder columns)."""
+    from .. import pipeline as P
+    from . import decoder_matching as D
+
+    m = min(D.MAP_TOKENS, n_split)
+    groups: dict[tuple, list[dict]] = {}
+    for row in rows:
+        groups.setdefault((int(row["n_features"]), row.get("snapshot_step")), []).append(row)
+    for (n, step), members in groups.items():
+        params = {"n": n, "step": step, "threshold": D.THRESHOLD, "map_tokens": m, "acts": cfg.acts.to_dict(),
+                  "seed": cfg.analysis.shuffle_seed}
+        rec = P.get_record(cfg, "decoder_point", params, {"fam_a": fams[cfg.seed_a].key, "fam_b": fams[cfg.seed_b].key},
+                           DECODER_POINT_VERSION)
+        got = rec.read()
+        if got is None and not report_only:
+            t0 = time.perf_counter()
+            if "map" not in map_cache:
+                X = {s: P.get_acts(cfg, s, "analysis", progress).head_csr(m) for s in (cfg.seed_a, cfg.seed_b)}
+                M, r2 = D.neuron_basis_map(X[cfg.seed_a], X[cfg.seed_b])
+                map_cache["map"] = (M, r2, *(np.asarray(X[s].getnnz(axis=0)) > 0 for s in (cfg.seed_a, cfg.seed_b)))
+            M, r2, alive_a, alive_b = map_cache["map"]
+            W = [fams[s].sae(n, step).W_dec.detach().cpu().numpy() for s in (cfg.seed_a, cfg.seed_b)]
+            y = D.decoder_yardstick(W[0], W[1], M, neurons_alive_a=alive_a, neurons_alive_b=alive_b, map_r2=r2,
+                                    seed=cfg.analysis.shuffle_seed, unmapped=False)
+            got = {"decoder_threshold": y["threshold"], "decoder_map_r2": r2, "decoder_map_tokens": m,
+                   "decoder_s": time.perf_counter() - t0,
+                   **{col: y[blk][key] for col, (blk, key) in DECODER_COLUMNS.items()}}
+            rec.write(got)
+            log(f"[scaling] n{n} step {step}: decoder share > {y['threshold']:g}: {_f(got['decoder_share'])} "
+                f"(neurons {_f(got['decoder_share_neurons'])}, random {_f(got['decoder_share_random'])})")
+        if got is not None:
+            for row in members:
+                row.update(got)
+
+
 def point_id(recipe: str, n: int, budget: int, n_t: int) -> str:
     return f"{recipe}-n{n}-t{budget}-a{n_t}"
 
@@ -163,6 +217,7 @@ def run_scaling(cfg: Config, sc: ScalingConfig, out: str | Path, progress: bool 
         P.analysis_tokens(cfg, streamed[-1], progress)  # fails early, with what to change, if too large
     selected = _point_filter(sc, streamed, only)
     neuron_cache: dict = {}
+    map_cache: dict = {}
     rows = []
     revision = {"git_revision": git_revision(), "command": command_line()}
     for recipe in sc.recipes:
@@ -176,6 +231,7 @@ def run_scaling(cfg: Config, sc: ScalingConfig, out: str | Path, progress: bool 
             fams[seed] = P.get_family(cfg_r, seed, progress)
             log(f"[scaling] {recipe}: family of LM seed {seed} ready ({time.perf_counter() - t0:.0f} s)")
         stream_todo: dict[int, list] = {n_t: [] for n_t in streamed}
+        first_row = len(rows)
         for budget, step in budget_steps(cfg_r, sc):
             for n in sc.sizes:
                 todo = []
@@ -215,6 +271,7 @@ def run_scaling(cfg: Config, sc: ScalingConfig, out: str | Path, progress: bool 
             if items and not report_only:
                 rows.extend(_measure_stream(cfg, cfg_r, sc, recipe, n_t, n_split, items, fams, revision,
                                             progress, log))
+        add_decoder_columns(cfg, rows[first_row:], fams, n_split, map_cache, report_only, progress, log)
     df = pd.DataFrame(rows)
     # the same column order whether a point was just measured or read back from its (sorted) JSON
     lead = [c for c in _LEAD_COLUMNS if c in df.columns]

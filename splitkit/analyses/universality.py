@@ -243,6 +243,18 @@ def _attr_corr_dense(XA, XB, LA, LB, nxt, ia, ib, chunk: int = 32768) -> np.ndar
     return out
 
 
+def _rows_of(X, rows: np.ndarray):
+    """Rows ``rows`` of ``X [n_tokens, n]``: a view when they are the prefix ``0 .. len(rows) - 1`` of a
+    CSR matrix (no copy of its entries), else a copy as ``X[rows]``."""
+    rows = np.asarray(rows)
+    m = rows.size
+    if sp.issparse(X) and X.format == "csr" and (m == 0 or (rows[0] == 0 and rows[-1] == m - 1 and m <= X.shape[0]
+                                            and (m < 2 or bool(np.all(np.diff(rows) == 1))))):
+        p = X.indptr[m]
+        return sp.csr_matrix((X.data[:p], X.indices[:p], X.indptr[: m + 1]), shape=(m, X.shape[1]), copy=False)
+    return X[rows]
+
+
 def _scaled_rows(X, w: np.ndarray):
     """Rows of ``X [n_tokens, n]`` (sparse or dense) times ``w [n_tokens]``."""
     import scipy.sparse as sp
@@ -288,6 +300,23 @@ def redundancy_block(acts, W_dec, counts: np.ndarray, mask: np.ndarray, n_twin_t
                     f"n_clusters_dec_{t}": dcl.n_clusters, "n_alive_dec": int(dt.alive.sum()),
                     "n_saturated_dec": dcl.n_saturated})
     return out, cl
+
+
+def decoder_block(a: Side, b: Side, neurons_alive_a: np.ndarray, neurons_alive_b: np.ndarray, seed: int = 0) -> dict | None:
+    """The decoder-cosine yardstick of runs A and B (``decoder_matching.decoder_yardstick`` at its
+    threshold, 0.7): A's decoder rows mapped into B's neuron basis by the least-squares map fitted on
+    the first ``decoder_matching.MAP_TOKENS`` analysis tokens, with the neuron baseline and a random
+    decoder's chance level; None without both decoders."""
+    from . import decoder_matching as D
+
+    if a.W_dec is None or b.W_dec is None:
+        return None
+    m = min(a.neuron_acts.shape[0], D.MAP_TOKENS)
+    M, r2 = D.neuron_basis_map(a.neuron_acts[:m], b.neuron_acts[:m])
+    out = D.decoder_yardstick(a.W_dec, b.W_dec, M, neurons_alive_a=neurons_alive_a, neurons_alive_b=neurons_alive_b,
+                              map_r2=r2, threshold=D.THRESHOLD, seed=seed)
+    out["map_tokens"] = int(m)
+    return out
 
 
 def neuron_density_stats(counts: np.ndarray, n_tok: int, ultralow_density: float) -> dict:
@@ -371,19 +400,23 @@ def analyse(a: Side, b: Side, next_tokens: np.ndarray, cfg: Config, top_token_id
     valid = next_tokens >= 0
     idx_valid = np.flatnonzero(valid)
     nxt = next_tokens[idx_valid]
-    FAv, FBv = FA[idx_valid], FB[idx_valid]
+    # attribution vectors (float64, the activations' pattern) and their column statistics once for
+    # every pair set; the positions with a next token are a prefix (only the last one lacks it), so
+    # they are a view of the rows, not a copy
+    XA = correlation.prepare(effects.attribution_vectors(_rows_of(FA, idx_valid), LA, nxt), "attribution A")
+    XB = correlation.prepare(effects.attribution_vectors(_rows_of(FB, idx_valid), LB, nxt), "attribution B")
 
     def attr_f(ia, ib):
         out = np.full(len(ia), np.nan)
         ok = (ia >= 0) & (ib >= 0)
         if ok.any():
-            out[ok] = effects.attribution_similarity(FAv, FBv, LA, LB, nxt, ia[ok], ib[ok])
+            out[ok] = correlation.paired_correlation(XA, XB, ia[ok], ib[ok])
         return out
 
     feats["attribution_corr_of_match"] = attr_f(feats.a.to_numpy(), fb)
     # neurons' attribution over at most the first 1M analysis positions (dense [n_tokens, 512] activations)
     m_n = idx_valid[: 1 << 20]
-    NAv, NBv = a.neuron_acts[m_n], b.neuron_acts[m_n]
+    NAv, NBv = _rows_of(a.neuron_acts, m_n), _rows_of(b.neuron_acts, m_n)
     neurons["attribution_corr_of_match"] = _attr_corr_dense(NAv, NBv, NLA, NLB, next_tokens[m_n],
                                                              neurons.a.to_numpy(), nb)
     cm = counted
@@ -413,6 +446,7 @@ def analyse(a: Side, b: Side, next_tokens: np.ndarray, cfg: Config, top_token_id
         },
         "n_neuron_attribution_tokens": int(m_n.size),
     }
+    XA = XB = None  # noqa: F841 (the attribution vectors' last use is above: ~1 GB at the default for what follows)
 
     # the attribution view with the final LN's true per-position 1/sigma instead of a frozen one
     exact = None
@@ -421,8 +455,9 @@ def analyse(a: Side, b: Side, next_tokens: np.ndarray, cfg: Config, top_token_id
         m = min(len(sa), len(sb), n_tok)
         pos = idx_valid[idx_valid < m]
         ia = np.flatnonzero(counted)
-        frozen = effects.attribution_similarity(FA[pos], FB[pos], LA, LB, next_tokens[pos], ia, fb[ia])
-        true = effects.attribution_similarity(_scaled_rows(FA[pos], sa[pos]), _scaled_rows(FB[pos], sb[pos]), LA, LB,
+        PA, PB = _rows_of(FA, pos), _rows_of(FB, pos)
+        frozen = effects.attribution_similarity(PA, PB, LA, LB, next_tokens[pos], ia, fb[ia])
+        true = effects.attribution_similarity(_scaled_rows(PA, sa[pos]), _scaled_rows(PB, sb[pos]), LA, LB,
                                               next_tokens[pos], ia, fb[ia])
         d = np.abs(true - frozen)
         exact = {"n_tokens": int(pos.size), "frozen_median": _med(frozen), "exact_median": _med(true),
@@ -455,6 +490,7 @@ def analyse(a: Side, b: Side, next_tokens: np.ndarray, cfg: Config, top_token_id
     views["dedup_how"] = ("one representative per activation-twin cluster at 0.9 (the most frequently firing member) "
                           "in each dictionary; A's counted representatives matched against all of B's representatives")
     nviews = R.view_figures(neurons, n_counted)
+    decoder = decoder_block(a, b, n_alive, np.asarray(NB.nnz) > 0, ac.shuffle_seed)
 
     summary = {
         "n_analysis_tokens": int(n_tok),
@@ -493,6 +529,8 @@ def analyse(a: Side, b: Side, next_tokens: np.ndarray, cfg: Config, top_token_id
                    "features and neurons independently",
         },
     }
+    if decoder is not None:
+        summary["decoder_cosine"] = decoder
     if exact is not None:
         summary["attribution_scale"] = {**exact, "how": (
             "attribution correlation of the matched counted features with the final layer norm's 1/sigma frozen "
@@ -517,6 +555,7 @@ REPLICATE_FIGURES = {
     "features_minus_neurons": ("features_minus_neurons_median",),
     "features_one_to_one_median": ("views", "features", "one_to_one_median"),
     "features_dedup_median": ("views", "features", "dedup_many_to_one_median"),
+    "decoder_share_above": ("decoder_cosine", "features", "share_above"),
     "twin_share_act_A": ("redundancy", "A", "twin_share_act_0.9"),
     "twin_share_act_B": ("redundancy", "B", "twin_share_act_0.9"),
 }

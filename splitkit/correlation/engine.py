@@ -370,12 +370,17 @@ def correlation_matrix(acts_a, acts_b, *, chunk: int | None = None, dtype=np.flo
     return _compute(acts_a, acts_b, 1, chunk, dtype, engine, False, True)[4]
 
 
-def paired_correlation(acts_a, acts_b, a_idx, b_idx, *, pairs_per_chunk: int = 4096) -> np.ndarray:
+def paired_correlation(acts_a, acts_b, a_idx, b_idx, *, pairs_per_chunk: int = 4096,
+                       chunk_nnz: int = DEFAULT_CHUNK_NNZ // 2) -> np.ndarray:
     """Exact Pearson correlation of column ``a_idx[m]`` of A with column ``b_idx[m]`` of B.
 
     Args:
         acts_a, acts_b: ``[n_tokens, n_a]``, ``[n_tokens, n_b]`` sparse or dense.
         a_idx, b_idx: int ``[m]`` column pairs; a pair with an index < 0 gives NaN.
+        pairs_per_chunk: most pairs per chunk; sparse chunks also stop at ``chunk_nnz`` stored
+            entries of the selected columns (both sides), so the float64 copies of a chunk stay
+            bounded (each pair's sum runs over its columns' entries in token order whatever the
+            chunk, so the chunking never changes a result).
 
     Returns:
         float64 ``[m]``; NaN where either column has zero variance.
@@ -392,12 +397,11 @@ def paired_correlation(acts_a, acts_b, a_idx, b_idx, *, pairs_per_chunk: int = 4
     ok[ok] = ~A.dead[a_idx[ok]] & ~B.dead[b_idx[ok]]
     sel = np.flatnonzero(ok)
     n = float(A.n_tokens)
-    for s0 in range(0, sel.size, pairs_per_chunk):
-        ps = sel[s0 : s0 + pairs_per_chunk]
+    for ps in _pair_chunks(A, B, a_idx, b_idx, sel, pairs_per_chunk, chunk_nnz):
         ia, ib = a_idx[ps], b_idx[ps]
         if A.kind == "sparse" and B.kind == "sparse":
-            xa = A.mat[:, ia].astype(np.float64)
-            xb = B.mat[:, ib].astype(np.float64)
+            xa = A.mat[:, ia].astype(np.float64, copy=False)  # the column selection is a copy already
+            xb = B.mat[:, ib].astype(np.float64, copy=False)
             S = np.asarray(xa.multiply(xb).sum(axis=0)).ravel()
             cov = S - n * A.mean[ia] * B.mean[ib]
         else:
@@ -410,6 +414,23 @@ def paired_correlation(acts_a, acts_b, a_idx, b_idx, *, pairs_per_chunk: int = 4
                 cov += np.einsum("tm,tm->m", xa, xb)
         out[ps] = np.clip(cov / (n * A.sd[ia] * B.sd[ib]), -1.0, 1.0)
     return out
+
+
+def _pair_chunks(A: _Side, B: _Side, a_idx, b_idx, sel: np.ndarray, max_pairs: int, chunk_nnz: int):
+    """Consecutive runs of the pairs ``sel``: at most ``max_pairs`` each and, for two sparse sides, at
+    most ``chunk_nnz`` stored entries in their selected columns (a run holds one pair at least)."""
+    if A.kind != "sparse" or B.kind != "sparse":
+        for s0 in range(0, sel.size, max_pairs):
+            yield sel[s0 : s0 + max_pairs]
+        return
+    cost = np.cumsum(A.nnz_stored[a_idx[sel]] + B.nnz_stored[b_idx[sel]])
+    s0 = 0
+    while s0 < sel.size:
+        base = cost[s0 - 1] if s0 else 0
+        s1 = int(np.searchsorted(cost, base + chunk_nnz, side="right"))
+        s1 = min(max(s1, s0 + 1), s0 + max_pairs, sel.size)
+        yield sel[s0:s1]
+        s0 = s1
 
 
 def _gather_cols(S: _Side, t0: int, t1: int, cols: np.ndarray) -> np.ndarray:

@@ -1,11 +1,13 @@
-"""Shared helpers of the writers: atomic tables and figures."""
+"""Shared helpers of the writers: atomic tables and figures, JSON-ready values."""
 
 from __future__ import annotations
 
+import math
 import os
 import tempfile
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from .escape import csv_safe
@@ -49,3 +51,20 @@ def save_figure(fig, path_stem: Path) -> list[str]:
         names.append(target.name)
     plt.close(fig)
     return names
+
+
+def jsonable(x):
+    """JSON-ready, recursively: numpy to Python, NaN/inf to None, DataFrames to records, keys to str."""
+    if isinstance(x, dict):
+        return {str(k): jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [jsonable(v) for v in x]
+    if isinstance(x, pd.DataFrame):
+        return [jsonable(r) for r in x.to_dict("records")]
+    if isinstance(x, np.ndarray):
+        return [jsonable(v) for v in x.tolist()]
+    if isinstance(x, np.generic):
+        x = x.item()
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    return x

@@ -26,7 +26,7 @@ import pandas as pd
 
 from ..cache import atomic_write_bytes, atomic_write_json
 from ..provenance import provenance
-from .common import save_figure, write_table
+from .common import jsonable, save_figure, write_table
 from .escape import Markdown, csv_safe, md_code, md_row, md_text, mpl_text
 from .graphs import rgba255, write_gexf, write_graphml
 
@@ -38,23 +38,6 @@ LIST_COLUMNS = ("states", "edges", "input_ids", "input_weights")
 
 # --- helpers --------------------------------------------------------------------------------------
 
-def _plain(x):
-    """JSON-ready: numpy to Python, NaN/inf to None, DataFrames to records."""
-    if isinstance(x, dict):
-        return {str(k): _plain(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_plain(v) for v in x]
-    if isinstance(x, pd.DataFrame):
-        return [_plain(r) for r in x.to_dict("records")]
-    if isinstance(x, np.ndarray):
-        return [_plain(v) for v in x.tolist()]
-    if isinstance(x, np.generic):
-        x = x.item()
-    if isinstance(x, float) and not math.isfinite(x):
-        return None
-    return x
-
-
 def write_tables(df: pd.DataFrame, stem: Path, csv: bool = True) -> None:
     """Parquet as it is; CSV beside it with list columns as JSON and text through ``csv_safe``."""
     stem = Path(stem)
@@ -63,7 +46,7 @@ def write_tables(df: pd.DataFrame, stem: Path, csv: bool = True) -> None:
         c = df.copy()
         for col in c.columns:
             if col in LIST_COLUMNS or (len(c) and isinstance(c[col].iloc[0], (list, tuple, np.ndarray))):
-                c[col] = [json.dumps(_plain(v)) for v in c[col]]
+                c[col] = [json.dumps(jsonable(v)) for v in c[col]]
         c = csv_safe(c)
         tmp = stem.with_suffix(".csv.tmp")
         c.to_csv(tmp, index=False)
@@ -215,14 +198,14 @@ def _summary_fig(res: dict):
 # --- the writer -----------------------------------------------------------------------------------
 
 def _null_dict(ns: pd.DataFrame | None) -> dict | None:
-    return None if ns is None else _plain({stat: dict(row) for stat, row in ns.iterrows()})
+    return None if ns is None else jsonable({stat: dict(row) for stat, row in ns.iterrows()})
 
 
 def _pred_summary(pred: pd.DataFrame) -> dict:
     if not len(pred):
         return {"n_automata": 0}
     ok = pred[pred["n_test"] > 0]
-    return _plain({"n_automata": int(len(pred)), "n_tested": int(len(ok)),
+    return jsonable({"n_automata": int(len(pred)), "n_tested": int(len(ok)),
                    "mean_accuracy": float(ok["accuracy"].mean()) if len(ok) else None,
                    "mean_baseline_accuracy": float(ok["baseline_accuracy"].mean()) if len(ok) else None,
                    "median_gain": float(ok["gain"].median()) if len(ok) else None,
@@ -273,12 +256,12 @@ def _write_basis(folder: Path, b: dict, run: str, basis: str, n_top: int) -> dic
     return {"n_units": int(len(fg.nodes)), "n_pairs": int(fg.n_pairs), "n_candidates": int(len(fg.edges)),
             "n_edges": int(len(kept)), "n_nodes": int(fg.graph.number_of_nodes()),
             "null_edges": int(len(fg.null_edges)) if fg.null_edges is not None else None,
-            "n_automata": int(len(auto)), "kinds": _plain(kinds),
-            "sizes": _plain(auto["n_states"].value_counts().sort_index().to_dict()) if len(auto) else {},
+            "n_automata": int(len(auto)), "kinds": jsonable(kinds),
+            "sizes": jsonable(auto["n_states"].value_counts().sort_index().to_dict()) if len(auto) else {},
             "largest": int(auto["n_states"].max()) if len(auto) else 0,
             "null": _null_dict(fg.null_summary), "top": top, "predictive": _pred_summary(b["predictive"]),
             "predictive_fit": {k: v for k, v in b["fit"].items() if k != "automata"},
-            "timings_s": _plain(b["timings"]), "files": files}
+            "timings_s": jsonable(b["timings"]), "files": files}
 
 
 def write_fsa(out, res: dict, cfg, extra: dict | None = None) -> dict:
@@ -292,23 +275,23 @@ def write_fsa(out, res: dict, cfg, extra: dict | None = None) -> dict:
         bases = {basis: _write_basis(out / run / basis, b, run, basis, n_top) for basis, b in rr["bases"].items()}
         write_tables(rr["compare"], out / run / "compare")
         runs[run] = {"seed": rr["seed"], "sae_id": rr["sae_id"], "n_pairs": rr["n_pairs"], "bases": bases,
-                     "compare": _plain(rr["compare"]),
-                     "sae": _plain({k: rr["sae_stats"].get(k) for k in ("fvu", "l0", "loss_recovered_zero",
+                     "compare": jsonable(rr["compare"]),
+                     "sae": jsonable({k: rr["sae_stats"].get(k) for k in ("fvu", "l0", "loss_recovered_zero",
                                                                           "loss_recovered_mean", "dead_frac")})}
     cross = {}
     for basis, cs in res.get("cross_seed", {}).items():
         write_tables(cs["both"], out / f"cross_seed_{basis}")
         both = cs["both"]
-        cross[basis] = {"share": _plain(cs["share"]), "share_all_edges": _plain(cs["share_all_edges"]),
+        cross[basis] = {"share": jsonable(cs["share"]), "share_all_edges": jsonable(cs["share_all_edges"]),
                         "n_automata_a": int(len(both)), "n_found_in_both": int(both["found_in_both"].sum()) if len(both) else 0,
-                        "found_in_both": _plain(both[both["found_in_both"]].head(20)) if len(both) else [],
-                        "median_match_corr": _plain(float(np.nanmedian(cs["match_corr"])))
+                        "found_in_both": jsonable(both[both["found_in_both"]].head(20)) if len(both) else [],
+                        "median_match_corr": jsonable(float(np.nanmedian(cs["match_corr"])))
                         if np.isfinite(cs["match_corr"]).any() else None}
     figs = {"automata_sizes": save_figure(_summary_fig(res), out / "automata_sizes")}
-    summary = {"size": res["size"], "n_tokens": res["n_tokens"], "fsa": _plain(fcfg), "runs": runs,
-               "cross_seed": cross, "figures": figs, "wall_s_analysis": _plain(res.get("wall_s")),
+    summary = {"size": res["size"], "n_tokens": res["n_tokens"], "fsa": jsonable(fcfg), "runs": runs,
+               "cross_seed": cross, "figures": figs, "wall_s_analysis": jsonable(res.get("wall_s")),
                "config": cfg.to_dict(), "provenance": provenance(), **(extra or {})}
-    atomic_write_json(out / "summary.json", _plain(summary))
+    atomic_write_json(out / "summary.json", jsonable(summary))
     atomic_write_bytes(out / "report.md", _report(summary).encode())
     return summary
 

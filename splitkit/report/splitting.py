@@ -20,7 +20,7 @@ import pandas as pd
 from ..cache import atomic_write_bytes, atomic_write_json
 from ..provenance import provenance
 from . import escape as E
-from .common import save_figure, write_table
+from .common import jsonable, save_figure, write_table
 from .graphs import rgba255, write_gexf, write_graphml
 
 FATES = ("persists", "splits", "partial", "vanishes")
@@ -28,35 +28,6 @@ CHILD_FATES = ("inherits", "merges", "novel")
 
 
 # ------------------------------------------------------------------------------------------- helpers
-
-def _f(v):
-    """A JSON-safe scalar (NaN/inf -> None, numpy -> Python)."""
-    if isinstance(v, (np.integer,)):
-        return int(v)
-    if isinstance(v, (np.floating, float)):
-        v = float(v)
-        return v if math.isfinite(v) else None
-    if isinstance(v, np.bool_):
-        return bool(v)
-    return v
-
-
-def _records(df: pd.DataFrame) -> list[dict]:
-    return [{k: _f(v) if not isinstance(v, (list, tuple)) else [_f(x) for x in v] for k, v in r.items()}
-            for r in df.to_dict("records")]
-
-
-def _jsonable(obj):
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, pd.DataFrame):
-        return _records(obj)
-    if isinstance(obj, np.ndarray):
-        return [_jsonable(v) for v in obj.tolist()]
-    return _f(obj)
-
 
 def _write_csv(df: pd.DataFrame, path: Path) -> None:
     """CSV of ``df`` with spreadsheet-formula text neutralised (the Parquet beside it keeps the text)."""
@@ -314,22 +285,22 @@ def summary_of(res: dict, cfg, scfg, extra: dict | None = None) -> dict:
     for r, rr in res["runs"].items():
         fam = rr["families"]
         runs[r] = {
-            "steps": _records(rr["steps"]), "branching": _records(rr["branching"]), "null": _records(rr["null"]),
+            "steps": jsonable(rr["steps"]), "branching": jsonable(rr["branching"]), "null": jsonable(rr["null"]),
             "twin_share": rr["twin_share"], "n_twin_clusters": rr["n_twin_clusters"],
             "n_nodes": rr["forest"].number_of_nodes(), "n_edges": rr["forest"].number_of_edges(),
             "n_families": rr["n_families"], "n_multi_node_families": rr["n_multi_families"],
-            "largest_families": _records(rr["largest_families"]),
+            "largest_families": jsonable(rr["largest_families"]),
             "max_family_depth": int(fam["depth"].max()) if len(fam) else 0,
-            "followed_family": rr["followed_family"], "followed": _records(rr["followed"]),
-            "forest_graph": {k: _f(v) for k, v in rr["forest"].graph.items()},
+            "followed_family": rr["followed_family"], "followed": jsonable(rr["followed"]),
+            "forest_graph": jsonable(dict(rr["forest"].graph)),
         }
     out = {
         "study": "feature splitting", "recipe": res["recipe"], "sizes": res["sizes"],
         "n_analysis_tokens": res["n_analysis_tokens"], "runs": runs,
-        "run_info": _jsonable(res["run_info"]),
-        "split_universality": _jsonable(res.get("split_universality")),
-        "match_summary": _jsonable(res.get("match_summary")),
-        "map": _jsonable(res["map_info"]), "timings": _jsonable(res["timings"]),
+        "run_info": jsonable(res["run_info"]),
+        "split_universality": jsonable(res.get("split_universality")),
+        "match_summary": jsonable(res.get("match_summary")),
+        "map": jsonable(res["map_info"]), "timings": jsonable(res["timings"]),
         "splitting_config": scfg.to_dict(), "config": cfg.to_dict(), "provenance": provenance(),
         "definitions": {
             "link": "masked activation cosine >= threshold (max of the cosine on the parent's and on the child's "
@@ -495,6 +466,6 @@ def write_splitting(out, res: dict, cfg, scfg, extra: dict | None = None, compar
     if compare:
         compare = {summary["recipe"]: summary, **{k: v for k, v in compare.items() if k != summary["recipe"]}}
         summary["compare_recipes"] = list(compare)
-    atomic_write_json(out / "summary.json", _jsonable(summary))
+    atomic_write_json(out / "summary.json", jsonable(summary))
     atomic_write_bytes(out / "report.md", _report(summary, res, compare).encode())
     return summary

@@ -164,6 +164,21 @@ def _views_lines(s: dict) -> list[str]:
     return lines
 
 
+def _decoder_lines(s: dict) -> list[str]:
+    """The decoder-cosine yardstick (``summary["decoder_cosine"]``) in one line, beside the activation views."""
+    dc = s.get("decoder_cosine")
+    if not dc:
+        return []
+    f, n, r = dc["features"], dc.get("neurons") or {}, dc["random"]
+    fit = (f" (the map explains {dc['map_r2']:.1%} of B's neuron variance over {dc.get('map_tokens', 0):,} analysis tokens)"
+           if dc.get("map_r2") is not None else "")
+    return [f"Decoder directions, the field's other yardstick: {_fmt(f['share_above'])} of A's {f['n']} features have a "
+            f"one-to-one decoder match in B with cosine > {dc['threshold']:g} (median matched cosine "
+            f"{_fmt(f['median_cos'])}); A's neurons {_fmt(n.get('share_above'))} (median {_fmt(n.get('median_cos'))}); "
+            f"a random decoder {_fmt(r['share_above'])} (median {_fmt(r['median_cos'])}){fit}. "
+            + md_text(dc["how"]) + ".", ""]
+
+
 def _baseline_lines(s: dict) -> list[str]:
     b = s.get("baselines")
     if not b:
@@ -246,6 +261,7 @@ def _report(summary: dict, res: dict) -> str:
         "",
         *_intervals_lines(s),
         *_views_lines(s),
+        *_decoder_lines(s),
         *_baseline_lines(s),
         "![max correlation histogram](max_corr_hist.png)",
         "",

@@ -13,14 +13,18 @@ from safetensors.torch import load_file
 from ..sae import SparseAutoencoder, atomic_save_tensors, atomic_write_json
 from .config import TrainerConfig
 from .member import PARAMS, TRAINER_FORMAT_VERSION, Member
+from .nested import prefix_dictionary
 
 CHECKPOINT_POINTER = "checkpoint.json"
+L0_CONTROL_FILE = "l0_control.json"
 
 
 def write_member(m: Member, folder: Path, step: int, with_training_state: bool) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     m.sae.save(folder)
     atomic_save_tensors(folder / "density.safetensors", m.density_tensors())
+    if m.l0ctl is not None:  # target, final lambda and L0 of a run whose lambda was steered (cfg.target_l0)
+        atomic_write_json(folder / L0_CONTROL_FILE, m.l0_record())
     if with_training_state:
         atomic_save_tensors(folder / "optimizer.safetensors", m.optim_tensors())
         atomic_save_tensors(folder / "stats.safetensors", m.stats_tensors())
@@ -35,8 +39,6 @@ def write_views(folder: Path, members: dict[str, int], cfg: TrainerConfig) -> li
     the member's firing counts. Rewrites what is there (so it can run again after the members'
     folders moved, as ``distributed`` does). Returns the sizes written; none without prefixes.
     """
-    from .nested import prefix_dictionary
-
     written = []
     for name, n in members.items():
         views = [m for m in cfg.prefixes if m < n]
@@ -144,6 +146,8 @@ def load_checkpoint(out_dir: Path, members: list[Member], cfg: TrainerConfig) ->
         m.last_window_tokens = int(state["last_window_tokens"])
         m.log = state["log"]
         m.resamples = state["resamples"]
+        if m.l0ctl is not None:
+            m.l0ctl.load_state(state["l0_control"])
     return step, float(family.get("elapsed_s", 0.0))
 
 

@@ -7,7 +7,9 @@ from typing import Any
 
 from ..precision import MATMUL_DTYPES
 from ..sae import strict_from_dict
-from .recipes import Recipe, get_recipe, recipe_names
+from .registry import get_recipe, recipe_names
+
+# ``Recipe`` in annotations is :class:`.recipes.Recipe`, left unimported: the recipes refer to this module
 
 
 @dataclass(frozen=True)
@@ -32,6 +34,10 @@ class TrainerConfig:
     the prefixes below a dictionary's size are also saved beside it); () for the other recipes.
     snapshot_steps: after these many steps, save a copy of every dictionary. checkpoint_every:
     steps between checkpoints (0: only at the end). log_every: steps between logged metrics.
+    target_l0: None (lambda follows its schedule) or the mean L0 each dictionary's lambda is steered
+    to (:mod:`.l0control`; the L1 recipes): l0_gain (log lambda per unit of log L0 error per step),
+    l0_ema_decay (the L0 average's memory), active from the warm-up's end and at least
+    l0_start_frac of the run, frozen over the last l0_freeze_frac.
     """
 
     recipe: str = "paper"
@@ -59,6 +65,11 @@ class TrainerConfig:
     snapshot_steps: tuple[int, ...] = ()
     checkpoint_every: int = 0
     log_every: int = 10
+    target_l0: float | None = None
+    l0_gain: float = 0.02
+    l0_ema_decay: float = 0.8
+    l0_start_frac: float = 0.05
+    l0_freeze_frac: float = 0.05
 
     def __post_init__(self) -> None:
         # Tuples may arrive as lists (from JSON): store tuples so the config stays hashable.
@@ -83,6 +94,14 @@ class TrainerConfig:
             value = getattr(self, name)
             if value is not None and not 0 <= value <= 1:
                 raise ValueError(f"TrainerConfig.{name} must be None or in [0, 1], got {value!r}")
+        if self.target_l0 is not None and not (float(self.target_l0) > 0 and not self.recipe_object.uses_k):
+            raise ValueError(f"TrainerConfig.target_l0 must be None or > 0 for an L1 recipe (k sets topk's L0), "
+                             f"got {self.target_l0!r} for {self.recipe!r}")
+        for name in ("l0_ema_decay", "l0_start_frac", "l0_freeze_frac"):
+            if not 0 <= float(getattr(self, name)) < 1:
+                raise ValueError(f"TrainerConfig.{name} must be in [0, 1), got {getattr(self, name)!r}")
+        if not float(self.l0_gain) >= 0:
+            raise ValueError(f"TrainerConfig.l0_gain must be >= 0, got {self.l0_gain!r}")
         if self.k is not None and self.k < 1:
             raise ValueError(f"TrainerConfig.k must be None or >= 1, got {self.k!r}")
         if self.aux_k is not None and self.aux_k < 1:

@@ -8,6 +8,7 @@ import torch
 
 from ..sae import SparseAutoencoder
 from .config import TrainerConfig
+from .l0control import L0Controller
 from .step import Buffers, StepStats
 
 PARAMS = ("W_enc", "b_enc", "W_dec", "b_dec")
@@ -44,6 +45,16 @@ class Member:
         self.resamples: list[dict[str, int]] = []
         self.buffers = Buffers(device)
         self.last: StepStats | None = None
+        self.l0ctl = L0Controller.for_config(cfg)  # None unless cfg.target_l0: lambda follows its schedule
+
+    def l1_at(self, step: int) -> float:
+        """This member's lambda at ``step``: the schedule's, times its L0 controller's factor."""
+        lam = self.cfg.l1_at(step)
+        return lam if self.l0ctl is None else lam * self.l0ctl.scale
+
+    def l0_record(self) -> dict[str, Any] | None:
+        """The L0 controller's record for the saved dictionary (None without one)."""
+        return None if self.l0ctl is None else self.l0ctl.record(self.cfg.l1_coeff)
 
     # -- optimiser state as plain tensors keyed by parameter name
     def optim_tensors(self) -> dict[str, torch.Tensor]:
@@ -109,6 +120,7 @@ class Member:
             "rng": {"seed": self.cfg.seed, "sae_seed": self.sae.cfg.seed, "scheme": "blake2b(seed, step, ...)"},
             "log": self.log,
             "resamples": self.resamples,
+            **({"l0_control": self.l0ctl.state()} if self.l0ctl is not None else {}),
         }
 
     def summary(self) -> dict[str, Any]:
@@ -119,6 +131,7 @@ class Member:
             "resamples": self.resamples,
             "dead": int((self.steps_since_fired >= self.cfg.resolved_dead_window).sum()),
             "last_window_tokens": self.last_window_tokens,
+            **({"l0_control": self.l0_record()} if self.l0ctl is not None else {}),
         }
 
 
@@ -158,7 +171,8 @@ def train_member_step(m: Member, x: torch.Tensor, step: int, cfg: TrainerConfig,
     sae = m.sae
     recipe = cfg.recipe_object
     dead_mask = recipe.aux_latents(m.steps_since_fired, cfg.resolved_dead_window)
-    st = recipe.step(sae, x if reducer is None else reducer.shard(x), cfg, l1_coeff=cfg.l1_at(step),
+    lam = m.l1_at(step)
+    st = recipe.step(sae, x if reducer is None else reducer.shard(x), cfg, l1_coeff=lam,
                      mm_dtype=mm_dtype, dead_mask=dead_mask, buffers=m.buffers)
     if reducer is not None:
         st = reducer.reduce(sae, st)  # whole-batch gradients and counts, identical on every process
@@ -179,6 +193,8 @@ def train_member_step(m: Member, x: torch.Tensor, step: int, cfg: TrainerConfig,
         m.window_counts.zero_()
         m.window_tokens = 0
     m.last = st
+    if m.l0ctl is not None:
+        m.l0ctl.observe(step, float(st.fire_counts.sum()) / x.shape[0])
     if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.n_steps:
         m.log["step"].append(step + 1)
         m.log["loss"].append(float(st.loss))
@@ -187,4 +203,6 @@ def train_member_step(m: Member, x: torch.Tensor, step: int, cfg: TrainerConfig,
         m.log["aux"].append(float(st.aux))
         m.log["l0"].append(float(st.fire_counts.sum()) / x.shape[0])
         m.log["sparse"].append(bool(st.sparse))
+        if m.l0ctl is not None:  # the steered lambda of the logged step
+            m.log.setdefault("lambda", []).append(lam)
 

@@ -29,8 +29,10 @@ from __future__ import annotations
 import torch
 
 from ..sae import SAEConfig, SparseAutoencoder
-from .recipes import Recipe, get_recipe
+from .registry import get_recipe
 from .step import Buffers, StepStats, _bag_sum, _sddmm, _stable_argsort, prepare_step
+
+# ``Recipe`` in annotations is :class:`.recipes.Recipe`, left unimported: the recipes import this module
 
 
 # Every prefix's MSE has weight 1 (Bussmann et al. sum them): the last block's features then trade

@@ -66,37 +66,16 @@ from typing import TYPE_CHECKING, ClassVar
 
 import torch
 
+from .merge import merge_step
+from .nested import nested_step
+from .registry import _REGISTRY, get_recipe, recipe_names, register  # noqa: F401  (the registry, from here too)
+from .step import Buffers, StepStats, sae_step
+
 if TYPE_CHECKING:
     from ..sae import SparseAutoencoder
     from .config import TrainerConfig
     from .member import Member
     from .source import ActivationSource
-    from .step import Buffers, StepStats
-
-_REGISTRY: dict[str, "Recipe"] = {}
-
-
-def register(cls: type["Recipe"]) -> type["Recipe"]:
-    """Class decorator: make ``cls`` (a :class:`Recipe` with a unique ``name``) available by name."""
-    if not cls.name or cls.name in _REGISTRY:
-        raise ValueError(f"recipe name {cls.name!r} is empty or taken")
-    _REGISTRY[cls.name] = cls()
-    return cls
-
-
-def recipe_names() -> tuple[str, ...]:
-    """The registered recipes' names, in registration order."""
-    return tuple(_REGISTRY)
-
-
-def get_recipe(recipe: "str | Recipe") -> "Recipe":
-    """The recipe object of ``recipe`` (a name, or a recipe object, returned as it is)."""
-    if isinstance(recipe, Recipe):
-        return recipe
-    if recipe not in _REGISTRY:
-        raise ValueError(f"unknown recipe {recipe!r}; choose one of {list(_REGISTRY)}")
-    return _REGISTRY[recipe]
-
 
 @torch.no_grad()
 def geometric_median(x: torch.Tensor, n_iter: int = 100, tol: float = 1e-6) -> torch.Tensor:
@@ -121,7 +100,11 @@ class L1Penalty:
 
     ``weight``: lambda, the penalty's factor in the loss. ``grad_active``: the gradient of the
     weighted penalty with respect to an active pre-activation, per feature (a float, or ``[n]``).
+    ``constant_grad``: that gradient does not depend on the activation (the fused dense kernel then
+    adds ``grad_active`` itself); a penalty overriding :meth:`add_dense_grad` sets it False.
     """
+
+    constant_grad = True
 
     def __init__(self, l1_coeff: float, batch: int) -> None:
         self.weight = l1_coeff
@@ -186,6 +169,8 @@ class LogDecNormPenalty(DecoderNormL1Penalty):
     ``lambda/B * (sum_t f / (1 + u/s)) * d_i / ||d_i||``. The dense path accumulates the sums it
     needs chunk by chunk in :meth:`add_dense_grad`.
     """
+
+    constant_grad = False
 
     def __init__(self, W_dec: torch.Tensor, l1_coeff: float, batch: int, scale: float) -> None:
         super().__init__(W_dec, l1_coeff, batch)
@@ -274,8 +259,6 @@ class Recipe:
     def step(self, sae: "SparseAutoencoder", x: torch.Tensor, cfg: "TrainerConfig", *, l1_coeff: float,
              mm_dtype: torch.dtype, dead_mask: torch.Tensor | None, buffers: "Buffers | None") -> "StepStats":
         """Forward and backward of batch ``x [B, d]`` (fills the parameters' ``.grad``): :func:`~.step.sae_step`."""
-        from .step import sae_step  # step imports this module
-
         return sae_step(sae, x, recipe=self, l1_coeff=l1_coeff, mm_dtype=mm_dtype,
                         sparse_density_max=cfg.sparse_density_max, chunk_elems=cfg.chunk_elems, dead_mask=dead_mask,
                         aux_k=cfg.aux_k, aux_coeff=cfg.aux_coeff, buffers=buffers)
@@ -373,8 +356,6 @@ class L1LogRecipe(L1DecNormRecipe):
     def before_step(self, member: "Member", source: "ActivationSource", step: int, cfg: "TrainerConfig") -> dict | None:
         if not self.merge_due(step, cfg.n_steps):
             return None
-        from .merge import merge_step  # merge imports the member module, which imports this one
-
         return merge_step(member, source, step, cfg.seed, corr=self.merge_corr, min_count=self.merge_min_count,
                           n_batches=self.merge_batches)
 
@@ -431,7 +412,5 @@ class MatryoshkaRecipe(L1DecNormRecipe):
 
     def step(self, sae: "SparseAutoencoder", x: torch.Tensor, cfg: "TrainerConfig", *, l1_coeff: float,
              mm_dtype: torch.dtype, dead_mask: torch.Tensor | None, buffers: "Buffers | None") -> "StepStats":
-        from .nested import nested_step
-
         return nested_step(sae, x, prefixes=cfg.prefixes, recipe=self, l1_coeff=l1_coeff, mm_dtype=mm_dtype,
                            sparse_density_max=cfg.sparse_density_max, chunk_elems=cfg.chunk_elems, buffers=buffers)

@@ -30,7 +30,9 @@ import torch.nn.functional as F
 
 from ..sae import SparseAutoencoder
 from . import kernels
-from .recipes import Recipe, get_recipe
+from .registry import get_recipe
+
+# ``Recipe`` in annotations is :class:`.recipes.Recipe`, left unimported: the recipes import this module
 
 
 class Buffers:
@@ -391,9 +393,7 @@ def _dense_relu_step(sae, x, xbar, xbar_mm, W_enc_mm, b_enc_mm, pre0, chunk, pen
     c_active = None
     own_grad = True  # the penalty adds its gradient to G itself
     if fused:
-        from .recipes import L1Penalty
-
-        own_grad = type(penalty).add_dense_grad is not L1Penalty.add_dense_grad
+        own_grad = not penalty.constant_grad
         if not own_grad:  # a constant per feature
             c = penalty.grad_active
             c = c if isinstance(c, torch.Tensor) else torch.full((n,), float(c), device=dev)

@@ -1,4 +1,4 @@
-"""Finite-state-automaton-like systems of features: X at token t raises the tokens on which Y fires at t+1.
+"""Edge statistics of the automaton graph: X at token t raises the tokens on which Y fires at t+1.
 
 Pure functions on arrays; the study wires them to the cached pipeline and writes the files.
 
@@ -56,17 +56,14 @@ shuffled null keeps no edge at the defaults, and its 99.9% pmi quantile lies bel
 
 from __future__ import annotations
 
-import itertools
-from dataclasses import dataclass, field
-from typing import Callable
+from dataclasses import dataclass
 
-import networkx as nx
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 from scipy.stats import poisson
 
-from ..config import FSAConfig  # noqa: F401  (the section lives with the others; imported from here too)
+from ...config import FSAConfig
 
 try:  # numba ships with umap-learn; the scipy engine gives the same numbers without it
     import numba
@@ -79,40 +76,6 @@ DENSE_MAX_UNITS = 4096
 NULL_QUANTILES = (0.5, 0.9, 0.99, 0.999, 1.0)
 EDGE_COLUMNS = ("src", "dst", "count", "n_src", "n_dst", "lift", "pmi", "cond_prob", "log10_p", "mech", "attribution",
                 "attribution_mean", "kept")
-
-
-def _default_decode(ids) -> list[str]:
-    return [str(int(i)) for i in ids]
-
-
-def _show(strings) -> str:
-    """Tokens joined for a label, whitespace made visible."""
-    return " ".join(repr(s)[1:-1] for s in strings)
-
-
-@dataclass
-class FSAGraph:
-    """What :func:`build_graph` returns.
-
-    - ``edges``: every candidate pair (``EDGE_COLUMNS``), ``kept`` marking the graph's edges.
-    - ``graph``: ``nx.DiGraph`` of the kept edges; nodes carry ``label``, ``top_tokens``,
-      ``promoted``, ``n_active``, ``purity``; edges carry the weight columns and ``weight``.
-    - ``nodes``: one row per unit: ``unit, n_active, density, purity, top_tokens, promoted, label``.
-    - ``token_class``: ``[n, top_m]`` token ids (-1 pads) and ``token_weight: [n, top_m]``.
-    - ``null_edges``: the pairs the shuffled order keeps (false positives at these thresholds);
-      ``null_summary``: quantiles over all of its candidates (:func:`null_summary`). None without a null.
-    """
-
-    edges: pd.DataFrame
-    graph: nx.DiGraph
-    nodes: pd.DataFrame
-    token_class: np.ndarray
-    token_weight: np.ndarray
-    n_pairs: int
-    config: FSAConfig
-    null_edges: pd.DataFrame | None = None
-    null_summary: pd.DataFrame | None = None
-    decode: Callable = field(default=_default_decode, repr=False)
 
 
 # --- inputs ---------------------------------------------------------------------------------------
@@ -210,7 +173,6 @@ def promoted_tokens(logit_eff, k: int = 8) -> np.ndarray:
     part = np.argpartition(-L, k - 1, axis=1)[:, :k]
     order = np.argsort(-np.take_along_axis(L, part, 1), axis=1)
     return np.take_along_axis(part, order, 1)
-
 
 # --- pair statistics ------------------------------------------------------------------------------
 
@@ -515,294 +477,3 @@ def null_summary(edges: pd.DataFrame, null_edges: pd.DataFrame) -> pd.DataFrame:
             row[f"{name}n_kept"] = int(df["kept"].sum())
         rows.append(row)
     return pd.DataFrame(rows).set_index("stat")
-
-
-def build_graph(acts, token_ids, next_ok, logit_eff, cfg: FSAConfig = FSAConfig(), *, decode: Callable | None = None,
-                null: bool = True) -> FSAGraph:
-    """Edges, node labels and the DiGraph of kept edges (module docstring for the definitions).
-
-    ``decode(ids) -> list[str]`` names tokens for labels (default: the ids). With ``null`` the
-    shuffled-order statistics are computed too (seed ``cfg.null_seed``).
-    """
-    acts, token_ids, next_ok, L = _check_inputs(acts, token_ids, next_ok, logit_eff)
-    decode = decode or _default_decode
-    ids, w, purity, n_active = token_classes(acts, token_ids, L.shape[1], cfg.top_m, cfg.active_threshold)
-    prep = _prepare(acts, token_ids, next_ok, L, cfg, (ids, w))
-    edges, N = _edge_table(prep, cfg, None)
-    null_edges = summ = None
-    if null:
-        null_all, _ = _edge_table(prep, cfg, cfg.null_seed)
-        summ = null_summary(edges, null_all)
-        null_edges = null_all[null_all["kept"]].reset_index(drop=True)  # the summary holds the rest
-        del null_all
-    del prep
-    prom = promoted_tokens(L, cfg.top_m)
-    n = acts.shape[1]
-    nodes = pd.DataFrame({"unit": np.arange(n), "n_active": n_active, "density": n_active / max(1, len(token_ids)),
-                          "purity": purity})
-    kept = edges[edges["kept"]]
-    used = np.union1d(kept["src"].to_numpy(), kept["dst"].to_numpy()).astype(np.int64)
-    top_txt, prom_txt = {}, {}
-    for u in used:  # decoding every unit of a large dictionary is slow; the study labels what it draws
-        top_txt[u] = _show(decode([i for i in ids[u] if i >= 0][:5]))
-        prom_txt[u] = _show(decode(list(prom[u][:5])))
-    nodes["top_tokens"] = [top_txt.get(u, "") for u in range(n)]
-    nodes["promoted"] = [prom_txt.get(u, "") for u in range(n)]
-    nodes["label"] = [f"{u}: {top_txt[u]} -> {prom_txt[u]}" if u in top_txt else "" for u in range(n)]
-    G = nx.DiGraph()
-    for u in used:
-        G.add_node(int(u), label=nodes.at[u, "label"], top_tokens=top_txt[u], promoted=prom_txt[u],
-                   n_active=int(n_active[u]), purity=float(purity[u]))
-    for r in kept.itertuples(index=False):
-        G.add_edge(int(r.src), int(r.dst), count=int(r.count), lift=float(r.lift), pmi=float(r.pmi),
-                   cond_prob=float(r.cond_prob), log10_p=float(r.log10_p), mech=float(r.mech),
-                   attribution=float(r.attribution),
-                   attribution_mean=float(r.attribution_mean), weight=float(getattr(r, cfg.weight)))
-    return FSAGraph(edges=edges, graph=G, nodes=nodes, token_class=ids, token_weight=w, n_pairs=N, config=cfg,
-                    null_edges=null_edges, null_summary=summ, decode=decode)
-
-
-# --- automata -------------------------------------------------------------------------------------
-
-AUTOMATA_COLUMNS = ("automaton", "kind", "n_states", "n_edges", "weight", "mean_pmi", "mean_mech", "states", "edges",
-                    "label")
-
-
-def find_automata(fg: FSAGraph) -> pd.DataFrame:
-    """Strongly connected components (>= 2 states), simple cycles (2 .. ``max_cycle_len`` states, at
-    most ``max_cycles``, leaving out those that are a whole SCC already) and chains (maximal paths of
-    >= ``min_chain`` states through units in no SCC, taken longest first, disjoint).
-
-    Self-loops stay in the graph but make no automaton. ``weight`` is the sum of the edges'
-    ``cfg.weight``; rows are ranked by ``n_states`` then ``weight`` (``automaton`` = rank).
-    Columns: ``AUTOMATA_COLUMNS``; ``states`` is a list of units (in cycle/chain order for those
-    kinds), ``edges`` a list of ``[src, dst]``.
-    """
-    cfg = fg.config
-    H = fg.graph.copy()
-    H.remove_edges_from(list(nx.selfloop_edges(H)))
-    found = []
-
-    def add(kind, states, edges):
-        ws = [H.edges[e] for e in edges]
-        found.append({"kind": kind, "n_states": len(states), "n_edges": len(edges),
-                      "weight": float(sum(e[cfg.weight] for e in ws)),
-                      "mean_pmi": float(np.mean([e["pmi"] for e in ws])),
-                      "mean_mech": float(np.mean([e["mech"] for e in ws])),
-                      "states": [int(s) for s in states], "edges": [[int(a), int(b)] for a, b in edges],
-                      "label": " | ".join(H.nodes[s]["label"] for s in states)})
-
-    sccs = [c for c in nx.strongly_connected_components(H) if len(c) >= 2]
-    whole = set()
-    for c in sccs:
-        sub = H.subgraph(c)
-        add("scc", sorted(c), sorted(sub.edges()))
-        if sub.number_of_edges() == len(c):  # the SCC is one cycle
-            whole.add(frozenset(c))
-    for cyc in itertools.islice(nx.simple_cycles(H, length_bound=cfg.max_cycle_len), cfg.max_cycles):
-        if len(cyc) >= 2 and frozenset(cyc) not in whole:
-            start = int(np.argmin(cyc))  # a canonical rotation, so equal cycles print the same
-            cyc = cyc[start:] + cyc[:start]
-            add("cycle", cyc, [(cyc[i], cyc[(i + 1) % len(cyc)]) for i in range(len(cyc))])
-    in_scc = set().union(*sccs) if sccs else set()
-    D = H.subgraph([u for u in H if u not in in_scc]).copy()
-    while D.number_of_edges():
-        path = nx.dag_longest_path(D, weight=None)
-        if len(path) < cfg.min_chain:
-            break
-        add("chain", path, list(zip(path[:-1], path[1:])))
-        D.remove_nodes_from(path)
-    df = pd.DataFrame(found, columns=[c for c in AUTOMATA_COLUMNS if c != "automaton"])
-    df = df.sort_values(["n_states", "weight"], ascending=False, kind="stable", ignore_index=True)
-    df.insert(0, "automaton", np.arange(len(df)))
-    return df
-
-
-def transition_table(fg: FSAGraph, automaton) -> pd.DataFrame:
-    """An automaton (a row of :func:`find_automata`) as a transition table, one row per edge.
-
-    State = unit X; input = the token class of the next state Y (its ``top_m`` most activating
-    tokens, the tokens whose arrival moves the automaton to Y, with their shares of Y's class mass); next state =
-    Y. Columns: ``state, state_label, input_ids, input_weights, input_tokens, next_state, next_label,
-    count, pmi, mech, attribution_mean``.
-    """
-    G = fg.graph
-    rows = []
-    for x, y in automaton["edges"]:
-        e = G.edges[x, y]
-        has = fg.token_class[y] >= 0
-        cls = [int(i) for i in fg.token_class[y][has]]
-        rows.append({"state": int(x), "state_label": G.nodes[x]["label"], "input_ids": cls,
-                     "input_weights": [float(v) for v in fg.token_weight[y][has]],
-                     "input_tokens": _show(fg.decode(cls)), "next_state": int(y), "next_label": G.nodes[y]["label"],
-                     "count": e["count"], "pmi": e["pmi"], "mech": e["mech"],
-                     "attribution_mean": e["attribution_mean"]})
-    return pd.DataFrame(rows)
-
-
-def compare_bases(results: dict) -> pd.DataFrame:
-    """One row per basis (e.g. ``{"features": (fg, automata), "neurons": (fg, automata)}``).
-
-    Columns: ``basis, n_units, n_candidates, n_edges, null_edges, n_scc, n_cycles, n_chains,
-    largest_automaton, mean_states, state_purity`` (mean over the states of all automata of the share
-    of a unit's activation mass on its token class: how readable its states are).
-    """
-    rows = []
-    for name, (fg, auto) in results.items():
-        states = sorted({s for ss in auto["states"] for s in ss}) if len(auto) else []
-        kinds = auto["kind"].value_counts() if len(auto) else {}
-        rows.append({"basis": name, "n_units": int(len(fg.nodes)), "n_candidates": int(len(fg.edges)),
-                     "n_edges": int(fg.edges["kept"].sum()),
-                     "null_edges": int(fg.null_edges["kept"].sum()) if fg.null_edges is not None else -1,
-                     "n_scc": int(kinds.get("scc", 0)), "n_cycles": int(kinds.get("cycle", 0)),
-                     "n_chains": int(kinds.get("chain", 0)),
-                     "largest_automaton": int(auto["n_states"].max()) if len(auto) else 0,
-                     "mean_states": float(auto["n_states"].mean()) if len(auto) else 0.0,
-                     "state_purity": float(fg.nodes["purity"].to_numpy()[states].mean()) if states else np.nan})
-    return pd.DataFrame(rows)
-
-
-# --- across seeds ---------------------------------------------------------------------------------
-
-def _edge_set(edges) -> set:
-    if isinstance(edges, nx.DiGraph):
-        return {(int(a), int(b)) for a, b in edges.edges()}
-    if isinstance(edges, pd.DataFrame):
-        e = edges[edges["kept"]] if "kept" in edges else edges
-        return set(zip(e["src"].astype(int), e["dst"].astype(int)))
-    return {(int(a), int(b)) for a, b in edges}
-
-
-def _share(edges_a: np.ndarray, best_b: np.ndarray, set_b: set) -> float:
-    if not len(edges_a):
-        return float("nan")
-    ma, mb = best_b[edges_a[:, 0]], best_b[edges_a[:, 1]]
-    return float(np.mean([(a >= 0 and b >= 0 and (int(a), int(b)) in set_b) for a, b in zip(ma, mb)]))
-
-
-def cross_seed_share(edges_a, edges_b, best_b, n_shuffles: int = 100, seed: int = 0) -> dict:
-    """Share of A's edges ``(x, y)`` whose matches ``(best_b[x], best_b[y])`` are linked in B.
-
-    ``edges_a``: A's automaton edges (pairs, a DataFrame with ``src, dst`` or a DiGraph); ``edges_b``:
-    B's graph (its kept edges); ``best_b: [n_a]`` int, -1 for no match. The baseline is the same share
-    with ``best_b`` permuted at random (``n_shuffles`` seeded repeats). Self-loops are left out.
-    Returns ``{share, shuffled_mean, shuffled_std, shuffled_q95, n_edges}``.
-    """
-    best_b = np.asarray(best_b, dtype=np.int64)
-    ea = np.array(sorted(e for e in _edge_set(edges_a) if e[0] != e[1]), dtype=np.int64).reshape(-1, 2)
-    if len(ea) and ea.max() >= len(best_b):
-        raise ValueError(f"best_b has {len(best_b)} entries but A's edges name unit {ea.max()}")
-    sb = _edge_set(edges_b)
-    rng = np.random.default_rng(seed)
-    null = np.array([_share(ea, rng.permutation(best_b), sb) for _ in range(n_shuffles)])
-    return {"share": _share(ea, best_b, sb), "shuffled_mean": float(np.mean(null)) if n_shuffles else np.nan,
-            "shuffled_std": float(np.std(null)) if n_shuffles else np.nan,
-            "shuffled_q95": float(np.quantile(null, 0.95)) if n_shuffles else np.nan, "n_edges": int(len(ea))}
-
-
-def automata_in_both(auto_a: pd.DataFrame, auto_b: pd.DataFrame, graph_b, best_b, min_share: float = 0.5,
-                     min_jaccard: float = 0.5) -> pd.DataFrame:
-    """Each automaton of A mapped onto B: its edge share there and B's automaton with the most
-    overlapping (matched) states. ``found_in_both`` when the share is >= ``min_share`` and that
-    Jaccard index is >= ``min_jaccard``. Columns: ``automaton_a, kind, n_states, edge_share,
-    automaton_b, jaccard, found_in_both``."""
-    best_b = np.asarray(best_b, dtype=np.int64)
-    sb = _edge_set(graph_b)
-    b_states = [set(s) for s in auto_b["states"]] if len(auto_b) else []
-    rows = []
-    for r in auto_a.itertuples(index=False):
-        ea = np.asarray(r.edges, dtype=np.int64).reshape(-1, 2)
-        mapped = {int(best_b[s]) for s in r.states if best_b[s] >= 0}
-        jac = [len(mapped & s) / len(mapped | s) if mapped | s else 0.0 for s in b_states]
-        j = int(np.argmax(jac)) if jac else -1
-        share = _share(ea, best_b, sb)
-        rows.append({"automaton_a": int(r.automaton), "kind": r.kind, "n_states": int(r.n_states), "edge_share": share,
-                     "automaton_b": int(auto_b["automaton"].iloc[j]) if j >= 0 else -1,
-                     "jaccard": float(jac[j]) if j >= 0 else 0.0,
-                     "found_in_both": bool(share >= min_share and j >= 0 and jac[j] >= min_jaccard)})
-    return pd.DataFrame(rows, columns=["automaton_a", "kind", "n_states", "edge_share", "automaton_b", "jaccard",
-                                       "found_in_both"])
-
-
-# --- predictive check -----------------------------------------------------------------------------
-
-def predictive_check(acts, next_ok, states, edges, fit_frac: float = 0.8, active_threshold: float = 0.0) -> dict:
-    """Does the automaton predict which of its states fires next, on held-out positions?
-
-    Positions split by order: the first ``fit_frac`` of the tokens fit, the rest test (the graph
-    itself should be built on the fit part, ``acts[:cut]``, for a clean claim). Evaluated are the
-    pairs (t, t+1) with ``next_ok[t]``, a state active at t (the most active one if several) and a
-    state active at t+1. The automaton predicts, for current state X, the out-neighbour Y (among
-    its ``edges``) seen most often after X on the fit part (X without an out-edge: the baseline's
-    guess); the baseline always predicts the state most often active at t+1 on the fit part. A
-    prediction is right when the predicted state is active at t+1.
-
-    Returns ``{accuracy, baseline_accuracy, n_fit, n_test, cut}``.
-    """
-    states = [int(s) for s in states]
-    if len(states) < 2:
-        raise ValueError("an automaton needs at least two states")
-    if not 0 < fit_frac < 1:
-        raise ValueError(f"fit_frac must be in (0, 1), got {fit_frac}")
-    next_ok = np.asarray(next_ok, dtype=bool)
-    n_tok = acts.shape[0]
-    if len(next_ok) != n_tok:
-        raise ValueError(f"next_ok needs n_tokens={n_tok} entries, got {len(next_ok)}")
-    k = len(states)
-    if sp.issparse(acts):
-        S = sp.csr_matrix(acts)[:, states].astype(np.float32)  # [n_tokens, k], stays sparse
-    else:
-        S = sp.csr_matrix(np.asarray(acts[:, states], dtype=np.float32))
-    S.data[S.data <= active_threshold] = 0
-    S.eliminate_zeros()
-    any_on = np.diff(S.indptr) > 0
-    cur = np.full(n_tok, -1, np.int64)
-    rows = np.flatnonzero(any_on)
-    if len(rows):  # the most active state of each row: the largest entry of the row's slice
-        r_of = _rows_of(S)
-        order = np.lexsort((-S.data, r_of))
-        first = S.indptr[rows]
-        cur[rows] = S.indices[order[first]]
-    t = np.flatnonzero(next_ok[:-1] & (cur[:-1] >= 0) & any_on[1:])
-    cut = int(fit_frac * n_tok)
-    fit, test = t[t < cut], t[t >= cut]
-
-    B = S.copy()
-    B.data[:] = 1.0  # which states fire, [n_tokens, k] sparse: no dense [positions, k] array at large k
-
-    def fires(pos, col):  # bool [len(pos)]: state col[i] fires at pos[i] + 1
-        R = B[pos + 1]
-        return np.asarray(R[np.arange(len(pos)), col]).ravel() > 0
-
-    nxt_fit = B[fit + 1]  # [len(fit), k]
-    cur_1h = sp.csr_matrix((np.ones(len(fit)), (cur[fit], np.arange(len(fit)))), shape=(k, len(fit)))
-    trans = np.asarray((cur_1h @ nxt_fit).todense())  # [k, k] transitions counted on the fit part
-    base = int(np.asarray(nxt_fit.sum(0)).ravel().argmax()) if len(fit) else 0
-    pos = {s: i for i, s in enumerate(states)}
-    allowed = np.zeros((k, k), bool)
-    for a, b in edges:
-        if int(a) in pos and int(b) in pos:
-            allowed[pos[int(a)], pos[int(b)]] = True
-    scored = np.where(allowed, trans, -1.0)
-    pred = np.where(allowed.any(1), scored.argmax(1), base)
-    acc = float(fires(test, pred[cur[test]]).mean()) if len(test) else float("nan")
-    base_acc = float(fires(test, np.full(len(test), base)).mean()) if len(test) else float("nan")
-    return {"accuracy": acc, "baseline_accuracy": base_acc, "n_fit": int(len(fit)), "n_test": int(len(test)),
-            "cut": cut}
-
-
-def predictive_table(acts, next_ok, automata: pd.DataFrame, fit_frac: float = 0.8, active_threshold: float = 0.0,
-                     max_automata: int = 50) -> pd.DataFrame:
-    """:func:`predictive_check` for the first ``max_automata`` rows of :func:`find_automata`.
-
-    Columns: ``automaton, kind, n_states, accuracy, baseline_accuracy, gain (accuracy - baseline),
-    n_fit, n_test``.
-    """
-    rows = []
-    for r in automata.head(max_automata).itertuples(index=False):
-        res = predictive_check(acts, next_ok, r.states, r.edges, fit_frac, active_threshold)
-        rows.append({"automaton": int(r.automaton), "kind": r.kind, "n_states": int(r.n_states),
-                     "accuracy": res["accuracy"], "baseline_accuracy": res["baseline_accuracy"],
-                     "gain": res["accuracy"] - res["baseline_accuracy"], "n_fit": res["n_fit"], "n_test": res["n_test"]})
-    return pd.DataFrame(rows, columns=["automaton", "kind", "n_states", "accuracy", "baseline_accuracy", "gain", "n_fit",
-                                       "n_test"])
