@@ -105,6 +105,13 @@ def add_dict_args(p: argparse.ArgumentParser) -> None:
                         "is then the starting lambda; default: lambda fixed)")
 
 
+def add_memory_check_arg(p: argparse.ArgumentParser) -> None:
+    """``--no-memory-check``, for the studies that print a ``splitkit.budget`` estimate before they start."""
+    p.add_argument("--no-memory-check", action="store_true",
+                   help="start even when the estimated peak memory exceeds what the machine has available "
+                        "(also: SPLITKIT_NO_MEMORY_CHECK=1)")
+
+
 def dict_overrides(args) -> dict:
     """The ``dict`` section overrides that ``add_dict_args``'s options ask for."""
     from splitkit.config import ConfigError, parse_token_count

@@ -15,7 +15,7 @@ import sys
 import time
 from pathlib import Path
 
-from studies._common import add_dict_args, base_parser, config_from_args, dict_overrides, friendly_errors
+from studies._common import add_memory_check_arg, add_dict_args, base_parser, config_from_args, dict_overrides, friendly_errors
 
 
 def parse_runs(text: str) -> tuple[str, ...]:
@@ -41,9 +41,7 @@ def main(argv=None) -> int:
                    help="also run the study with this recipe and put the two side by side in report.md "
                         "(its own files go to <out>/compare_<recipe>/)")
     add_dict_args(p)
-    p.add_argument("--no-memory-check", action="store_true",
-                   help="start even when the estimated peak memory exceeds what the machine has available "
-                        "(also: SPLITKIT_NO_MEMORY_CHECK=1)")
+    add_memory_check_arg(p)
     p.add_argument("--out", default="results/splitting", help="output folder")
     args = p.parse_args(argv)
     with friendly_errors():

@@ -11,7 +11,7 @@ from __future__ import annotations
 import sys
 import time
 
-from studies._common import add_dict_args, base_parser, config_from_args, dict_overrides, friendly_errors
+from studies._common import add_memory_check_arg, add_dict_args, base_parser, config_from_args, dict_overrides, friendly_errors
 
 
 def main(argv=None) -> int:
@@ -26,9 +26,7 @@ def main(argv=None) -> int:
     p.add_argument("--analysis-tokens", default=None,
                    help="analysis tokens the correlations run over, e.g. '1M' (default: the preset's, 4M; capped by "
                         "the corpus's analysis split); the peak memory grows with it")
-    p.add_argument("--no-memory-check", action="store_true",
-                   help="start even when the estimated peak memory exceeds what the machine has available "
-                        "(also: SPLITKIT_NO_MEMORY_CHECK=1)")
+    add_memory_check_arg(p)
     p.add_argument("--out", default="results/universality", help="output folder")
     args = p.parse_args(argv)
     with friendly_errors():
