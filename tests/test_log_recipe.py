@@ -8,7 +8,7 @@ import torch
 from splitkit.sae import SAEConfig, SparseAutoencoder
 from splitkit.train import FamilyTrainer, TensorSource, TrainerConfig, sae_step, train_family
 from splitkit.train.member import Member
-from splitkit.train.merge import merge_step
+from splitkit.train.merge import distinct_picks, merge_step
 from splitkit.train.recipes import get_recipe
 
 PARAMS = ("W_enc", "b_enc", "W_dec", "b_dec")
@@ -113,6 +113,44 @@ def test_merge_step_merges_planted_copies_and_reinitialises_the_rest():
     assert torch.equal(sae.W_enc.detach()[:, keep], W_enc0[:, keep])
     assert torch.equal(sae.b_enc.detach()[keep], b_enc0[keep])
     assert m.steps_since_fired[keep].eq(7).all()
+
+
+def _cluster_inputs(M=200, d=16, seed=0):
+    """Unit directions of M inputs: the first half near-copies of one direction u, drawn 100x as often."""
+    g = torch.Generator().manual_seed(seed)
+    u = torch.nn.functional.normalize(torch.randn(d, generator=g), dim=0)
+    V = torch.randn(M, d, generator=g)
+    V[: M // 2] = u + 0.01 * V[: M // 2]
+    V = torch.nn.functional.normalize(V, dim=1)
+    w = torch.ones(M, dtype=torch.float64)
+    w[: M // 2] = 100.0
+    return V, w, u
+
+
+def test_distinct_picks_spread_over_inputs_the_paper_rule_piles_on_one():
+    V, w, u = _cluster_inputs()
+    n_pick = 6
+    # the premise: drawn by weight alone, most picks land in the cluster
+    plain = torch.multinomial(w, n_pick, replacement=False, generator=torch.Generator().manual_seed(3))
+    assert (V[plain] @ u > 0.9).sum() >= 4
+    pick = distinct_picks(w, V, torch.empty(0, 16), n_pick, torch.Generator().manual_seed(3), max_cos=0.7)
+    assert pick.shape == (n_pick,) and len(set(pick.tolist())) == n_pick
+    S = V[pick] @ V[pick].t()
+    assert (S - torch.eye(n_pick)).max() <= 0.7
+    assert (V[pick] @ u > 0.9).sum() == 1  # one pick may take the cluster's direction
+    # a direction the dictionary already has is not picked again
+    pick2 = distinct_picks(w, V, u[None], n_pick, torch.Generator().manual_seed(3), max_cos=0.7)
+    assert (V[pick2] @ u).max() <= 0.7
+    # deterministic in the generator
+    assert torch.equal(pick2, distinct_picks(w, V, u[None], n_pick, torch.Generator().manual_seed(3), max_cos=0.7))
+
+
+def test_distinct_picks_fall_back_to_the_drawn_order_when_inputs_are_all_alike():
+    V = torch.nn.functional.normalize(torch.ones(50, 8), dim=1)
+    pick = distinct_picks(torch.ones(50, dtype=torch.float64), V, torch.empty(0, 8), 5, torch.Generator().manual_seed(0))
+    assert pick.shape == (5,) and len(set(pick.tolist())) == 5
+    few = distinct_picks(torch.ones(3, dtype=torch.float64), V[:3], torch.empty(0, 8), 5, torch.Generator().manual_seed(0))
+    assert few.shape == (5,)  # more features to place than inputs: drawn with replacement
 
 
 def test_merge_schedule():

@@ -5,7 +5,13 @@ firing on at least ``min_count`` of those tokens) are joined (union-find over ea
 activation twins). In each group the member firing most often, r, is kept and takes the others'
 output: ``W_dec,r += c_j W_dec,j`` with ``c_j = sum_t f_tr f_tj / sum_t f_tr^2`` (the least-squares
 ratio of j's activation to r's), so the reconstruction is unchanged where ``f_j = c_j f_r``; the
-others are re-initialised as the paper's resampling does, at the median live decoder norm.
+others are re-initialised as the paper's resampling does, at the median live decoder norm, but on
+*distinct* inputs (:func:`distinct_picks`): the paper's rule draws inputs by the square of their
+loss, which on a corpus with a few badly reconstructed tokens (``.pop``, ``_method =``) puts dozens
+of re-initialised features on the same direction. Those became rare copies of each other, firing
+on the same few hundred tokens of 1M, too rarely for the next merge to see (docs/copies.md, "Rare
+copies"), so a drawn input is kept only if its direction is not already a live decoder direction or
+another pick (cosine at most ``max_cos``).
 """
 
 from __future__ import annotations
@@ -50,11 +56,51 @@ def _dot(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.add.reduce(a.astype(np.float64) * b.astype(np.float64)))
 
 
+def distinct_picks(weights: torch.Tensor, V: torch.Tensor, W_live: torch.Tensor, n_pick: int,
+                   gen: torch.Generator, max_cos: float = 0.7, block: int = 1024) -> torch.Tensor:
+    """``n_pick`` row indices of ``V: [M, d]`` (unit directions of the candidate inputs), drawn by ``weights: [M]``.
+
+    Orders all rows by one draw without replacement (by weight), then keeps them in that order
+    when their cosine with every row of ``W_live: [n_live, d]`` (unit live decoder directions) and
+    with every row kept so far is at most ``max_cos``, until ``n_pick`` are kept. When fewer pass,
+    the rest are the rejected rows in the order drawn (the paper's rule). Similarities in float64
+    and a fixed order: the picks do not depend on the thread count. Returns int64 ``[n_pick]``.
+    """
+    M = V.shape[0]
+    if M < n_pick:  # fewer inputs than features to place: as the paper's rule does
+        return torch.multinomial(weights, n_pick, replacement=True, generator=gen)
+    order = torch.multinomial(weights, M, replacement=False, generator=gen)  # [M], in order drawn
+    Wl = W_live.double()
+    kept: list[int] = []  # positions in ``order``
+    K = torch.empty(0, V.shape[1], dtype=torch.float64)  # [n_kept, d] their directions
+    for s in range(0, M, block):
+        Vb = V.index_select(0, order[s : s + block]).double()  # [b, d]
+        free = ((Vb @ Wl.t()).amax(1) <= max_cos) if Wl.shape[0] else torch.ones(Vb.shape[0], dtype=torch.bool)
+        if K.shape[0]:
+            free &= (Vb @ K.t()).amax(1) <= max_cos
+        S = (Vb @ Vb.t()).numpy()  # [b, b]
+        new: list[int] = []
+        for c in np.flatnonzero(free.numpy()):
+            if not new or S[c, new].max() <= max_cos:
+                new.append(int(c))
+                if len(kept) + len(new) == n_pick:
+                    break
+        kept += [s + c for c in new]
+        K = torch.cat([K, Vb[new]])
+        if len(kept) == n_pick:
+            break
+    if len(kept) < n_pick:
+        taken = set(kept)
+        kept += [c for c in range(M) if c not in taken][: n_pick - len(kept)]
+    return order[torch.tensor(kept, dtype=torch.long)]
+
+
 @torch.no_grad()
 def merge_step(m: Member, source: ActivationSource, step: int, seed: int, *, corr: float = 0.9,
-               min_count: int = 10, n_batches: int = 16, k: int = 4) -> dict:
+               min_count: int = 10, n_batches: int = 16, k: int = 4, max_cos: float = 0.7) -> dict:
     """Merge the co-firing features of ``m`` on the ``n_batches`` batches before ``step``, in place.
 
+    Re-initialised features go to distinct inputs (:func:`distinct_picks`, cosine at most ``max_cos``).
     Resets Adam's moments of every kept and re-initialised feature and ``steps_since_fired`` of the
     re-initialised ones. Randomness from ``mix_seed(seed, step, n, sae seed, 78)`` (resume-safe).
     Returns ``{"step", "kind": "merge", "pairs", "groups", "n_resampled"}``.
@@ -90,12 +136,16 @@ def merge_step(m: Member, source: ActivationSource, step: int, seed: int, *, cor
     weights = err.pow(2)
     if not torch.isfinite(weights).all() or weights.sum() <= 0:
         weights = torch.ones_like(weights)
-    gen = torch.Generator(device=weights.device).manual_seed(mix_seed(seed, step, n, sae.cfg.seed, 78))
-    pick = torch.multinomial(weights, dead.numel(), replacement=dead.numel() > X.shape[0], generator=gen)
-    v = X.index_select(0, pick) - sae.b_dec  # [n_drop, d]
-    v = v / v.norm(dim=1, keepdim=True).clamp_min(1e-12)
+    gen = torch.Generator().manual_seed(  # on the CPU, where the picks are drawn
+        mix_seed(seed, step, n, sae.cfg.seed, 78))
     live = torch.ones(n, dtype=torch.bool, device=device)
     live[dead] = False
+    V = X - sae.b_dec
+    V = V / V.norm(dim=1, keepdim=True).clamp_min(1e-12)  # [M, d]
+    W_live = sae.W_dec[live & torch.from_numpy(counts > 0).to(device)]
+    W_live = W_live / W_live.norm(dim=1, keepdim=True).clamp_min(1e-12)  # [n_live, d]
+    pick = distinct_picks(weights.cpu(), V.cpu(), W_live.cpu(), dead.numel(), gen, max_cos=max_cos)
+    v = V.index_select(0, pick.to(device))  # [n_drop, d]
     dec_norm = sae.W_dec.norm(dim=1)[live].median()
     enc_norm = sae.W_enc[:, live].norm(dim=0).mean()
     sae.W_dec[dead] = v * dec_norm

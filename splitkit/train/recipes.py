@@ -35,7 +35,9 @@ methods; adding a recipe is writing one subclass of :class:`Recipe` and decorati
     before the step, features whose activations correlate above 0.9 (both firing on >= 10 tokens)
     are grouped, the most frequent member keeps the group's output (its decoder row takes the
     others' rows weighted by their least-squares activation ratios), the others are re-initialised
-    as by the paper's resampling. Used with lambda = 1e-3 (docs/recipes.md).
+    as by the paper's resampling but on distinct inputs (none within cosine 0.7 of a live decoder
+    direction or of another pick: the paper's rule piled dozens onto a few badly reconstructed
+    tokens, where they became rare copies; docs/copies.md). Used with lambda = 1e-3 (docs/recipes.md).
 ``"topk"`` -- Gao et al. 2024, *Scaling and evaluating sparse autoencoders* (OpenAI). f keeps the k
     largest pre-activations per token (ReLU'd); loss = MSE + (1/32) * AuxK, where AuxK is the squared
     error between the main residual e = x - x_hat (held fixed) and its reconstruction from the top
@@ -335,7 +337,10 @@ class L1LogRecipe(L1DecNormRecipe):
 
     name = "l1_log"
     default_l1_coeff = 1e-3  # L0 11-14, 96% loss recovered at 2,048 features, 2M tokens
-    version = 1  # 1: the merge's least-squares ratios summed by numpy (the same at any thread count)
+    # 1: the merge's least-squares ratios summed by numpy (the same at any thread count)
+    # 2: a rare-pair merge rule, tried and withdrawn (docs/results.md); its cache entries may exist
+    # 3: re-initialised features on distinct inputs (merge.distinct_picks; rare copies, docs/copies.md)
+    version = 3
     penalty_scale: ClassVar[float] = 0.03  # s of phi(u) = s log(1 + u/s)
     merges: ClassVar[bool] = True
     merge_every: ClassVar[int] = 25  # steps
@@ -344,6 +349,7 @@ class L1LogRecipe(L1DecNormRecipe):
     merge_corr: ClassVar[float] = 0.9  # activation correlation above which two features merge
     merge_min_count: ClassVar[int] = 10  # both must fire on at least this many of the tokens
     merge_batches: ClassVar[int] = 16  # batches before the step the correlation is measured on
+    merge_max_cos: ClassVar[float] = 0.7  # a re-initialised feature's input: cosine to live directions and other picks at most this
 
     def penalty(self, W_dec: torch.Tensor, l1_coeff: float, batch: int) -> L1Penalty:
         return LogDecNormPenalty(W_dec, l1_coeff, batch, self.penalty_scale)
@@ -357,7 +363,7 @@ class L1LogRecipe(L1DecNormRecipe):
         if not self.merge_due(step, cfg.n_steps):
             return None
         return merge_step(member, source, step, cfg.seed, corr=self.merge_corr, min_count=self.merge_min_count,
-                          n_batches=self.merge_batches)
+                          n_batches=self.merge_batches, max_cos=self.merge_max_cos)
 
 
 @register
