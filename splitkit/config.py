@@ -342,6 +342,7 @@ class ScalingConfig(_Section):
     # lambdas that give L0 ~15-20 at 4096 features on the stdlib LMs (measured: docs/results.md)
     paper_l1_coeff: float = 1.2e-3
     l1_decnorm_coeff: float = 1.6e-3
+    l1_log_coeff: float = 1e-3  # the recipe's default (L0 11-14 at 2,048 features, 2M tokens)
     topk_k: int = 16
     density_bins_at: int = 4096  # size whose per-density curve is kept for every point
     # Analysis sets past the corpus's analysis split are streamed (``analysis_stream``): every point
@@ -376,8 +377,17 @@ class ScalingConfig(_Section):
         return self.paper_budgets if recipe == "paper" and self.paper_budgets else self.budgets
 
     def l1_coeff_for(self, recipe: str) -> float:
-        """lambda of ``recipe``'s families (the L1 recipes; ``paper_l1_coeff`` unless it is l1_decnorm)."""
-        return self.l1_decnorm_coeff if recipe == "l1_decnorm" else self.paper_l1_coeff
+        """lambda of ``recipe``'s families: this section's value for paper, l1_decnorm and l1_log, the
+        recipe's own default for any other penalised recipe (matryoshka)."""
+        own = {"paper": self.paper_l1_coeff, "l1_decnorm": self.l1_decnorm_coeff, "l1_log": self.l1_log_coeff}
+        if recipe in own:
+            return own[recipe]
+        from .train.recipes import get_recipe  # lazily, as _recipe_names does (recipes fills the registry)
+
+        lam = get_recipe(recipe).default_l1_coeff
+        if lam is None:
+            raise ConfigError(f"scaling: recipe {recipe!r} has no lambda (it is not penalised)")
+        return lam
 
     def streamed_budgets_for(self, recipe: str) -> tuple[int, ...]:
         """The budgets of ``recipe`` measured on streamed analysis sets (see ``stream_budgets``)."""

@@ -12,6 +12,7 @@ import pytest
 import scipy.sparse as sp
 
 from splitkit.analyses import fsa_run
+from splitkit.report.fsa import N_CLOSED
 from studies import fsa as study
 from test_graph_export import _schema_path  # the one lookup of shared/schemas/gexf/1.3/gexf.rng
 
@@ -103,7 +104,10 @@ def test_study_files_agree(study_out):
                 top = auto.iloc[0]
                 t0 = tt[tt["automaton"] == 0]
                 assert sorted(zip(t0["state"], t0["next_state"])) == sorted(tuple(e) for e in top["edges"])
-                assert [t["automaton"] for t in b["top"]] == list(range(min(len(auto), s["fsa"]["n_top"])))
+                # the top n_top by rank, then the first closed automata (SCC / cycle) ranked below them
+                n_top = min(len(auto), s["fsa"]["n_top"])
+                closed = [int(a) for a, k in zip(auto["automaton"], auto["kind"]) if k != "chain" and a >= n_top]
+                assert [t["automaton"] for t in b["top"]] == list(range(n_top)) + closed[:N_CLOSED]
                 for t in b["top"]:
                     for f in t["figures"]:
                         assert (out / f).is_file(), f

@@ -89,6 +89,12 @@ def test_parse_counts_and_grid_validation():
     assert ScalingConfig(paper_budgets=None).budgets_for("paper") == ScalingConfig().budgets
     with pytest.raises(ConfigError, match="unknown recipe"):
         ScalingConfig(recipes=("magic",))
+    # each penalised recipe gets its own lambda: the section's where it names one, else the recipe's
+    sc = ScalingConfig(paper_l1_coeff=1e-4, l1_decnorm_coeff=2e-4, l1_log_coeff=3e-4)
+    assert [sc.l1_coeff_for(r) for r in ("paper", "l1_decnorm", "l1_log")] == [1e-4, 2e-4, 3e-4]
+    assert sc.l1_coeff_for("matryoshka") == 1.8e-3
+    with pytest.raises(ConfigError, match="no lambda"):
+        sc.l1_coeff_for("topk")
 
 
 @pytest.mark.heavy

@@ -321,6 +321,35 @@ def test_three_sizes_families_and_twins():
     assert node_of[(sizes[2], n + 5)] == node_of[(sizes[2], 5)] == f"A/{sizes[2]}/5"
 
 
+def test_families_are_strongest_parent_trees_not_the_web():
+    """Two planted trees (A/2/0 -> A/4/0,1 and A/2/1 -> A/4/2,3) joined by one weaker cross link:
+    the web is one weak component, the main lineage keeps the two trees apart."""
+    import networkx as nx
+
+    g = nx.DiGraph()
+    for s, n in ((2, 2), (4, 4)):
+        for f in range(n):
+            g.add_node(f"A/{s}/{f}", size=s, feature=f, count=1)
+    for p, c, w in ((0, 0, 0.9), (0, 1, 0.8), (1, 2, 0.7), (1, 3, 0.95), (0, 2, 0.5), (1, 1, 0.8)):
+        g.add_edge(f"A/2/{p}", f"A/4/{c}", masked_cos=w)
+    assert nx.number_weakly_connected_components(g) == 1
+    fam = S.families(g)
+    assert fam.n_nodes.tolist() == [3, 3] and fam.depth.tolist() == [2, 2] and fam.n_roots.tolist() == [1, 1]
+    assert fam.n_edges.tolist() == [2, 2] and fam.n_web_edges.sum() == 4  # the cross links 0->2, 1->1 are in none
+    assert g.nodes["A/4/2"]["family"] == g.nodes["A/2/1"]["family"] != g.nodes["A/2/0"]["family"]
+    # a tie (A/4/1 at 0.8 under both) goes to the lowest parent id
+    assert g.nodes["A/4/1"]["family"] == g.nodes["A/2/0"]["family"]
+    assert [e for e in g.edges if g.edges[e]["lineage"]] == [("A/2/0", "A/4/0"), ("A/2/0", "A/4/1"),
+                                                              ("A/2/1", "A/4/2"), ("A/2/1", "A/4/3")]
+    # with decoders, the decoder cosine chooses first: A/4/0's nearer direction is A/2/1's
+    for (p, c), dc in {(0, 0): 0.2, (0, 1): 0.9, (1, 2): 0.9, (1, 3): 0.9, (0, 2): 0.1, (1, 1): 0.3}.items():
+        g.edges[f"A/2/{p}", f"A/4/{c}"]["decoder_cos"] = dc
+    g.add_edge("A/2/1", "A/4/0", masked_cos=0.45, decoder_cos=0.8)
+    fam = S.families(g)
+    assert g.nodes["A/4/0"]["family"] == g.nodes["A/2/1"]["family"] and fam.n_nodes.tolist() == [4, 2]
+    assert S.families(g, weight="masked_cos").n_nodes.tolist() == [3, 3]  # the paper's cosine alone
+
+
 def test_family_listing_tokens():
     acts, mid_groups, top_groups = plant_three_sizes(seed=5, n_tokens=20_000, n_leaf_groups=4)
     forest, _ = S.splitting_forest(acts, run="A")

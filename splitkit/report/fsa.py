@@ -4,7 +4,7 @@ automata, summary.json and report.md (from what :func:`splitkit.analyses.fsa_run
 Layout under ``out``::
 
     summary.json  report.md  cross_seed_<basis>.parquet/.csv
-    <run>/<basis>/   graph.gexf  graph.graphml  automaton_<k>.gexf/.graphml/.png/.svg  (top automata)
+    <run>/<basis>/   graph.gexf  graph.graphml  automaton_<k>.gexf/.graphml/.png/.svg  (top automata, and the first closed ones below them)
                      edges.parquet/.csv (kept edges)  candidates.parquet (every candidate pair)
                      automata.parquet/.csv  transitions.parquet/.csv  predictive.parquet/.csv
                      nodes.parquet/.csv  null_summary.parquet/.csv
@@ -213,6 +213,12 @@ def _pred_summary(pred: pd.DataFrame) -> dict:
                    "top": dict(pred.iloc[0])})
 
 
+#: closed automata (strongly connected components, cycles) drawn beside the top ``n_top`` when they
+#: rank below it: the state machines the paper describes are closed, and on distinct features the
+#: longest (top-ranked) automata are mostly chains.
+N_CLOSED = 2
+
+
 def _write_basis(folder: Path, b: dict, run: str, basis: str, n_top: int) -> dict:
     fg, auto = b["graph"], b["automata"]
     folder.mkdir(parents=True, exist_ok=True)
@@ -234,7 +240,9 @@ def _write_basis(folder: Path, b: dict, run: str, basis: str, n_top: int) -> dic
                                           title=f"FSA graph, run {run}, {basis}").name)}
     write_graphml(export_graph(fg, auto, n_top, basis, run), folder / "graph.graphml")
     top = []
-    for _, r in auto.head(n_top).iterrows():
+    rest = auto.iloc[n_top:]
+    drawn = pd.concat([auto.head(n_top), rest[rest["kind"] != "chain"].head(N_CLOSED)])
+    for _, r in drawn.iterrows():
         k = int(r["automaton"])
         states = [int(s) for s in r["states"]]
         H = nx.DiGraph()
@@ -345,7 +353,9 @@ def _report(s: dict) -> str:
                           "The baseline permutes the matches."), ""]
     for run, rr in s["runs"].items():
         for basis, b in rr["bases"].items():
-            L += [f"## Top automata: run {md_text(run)}, {md_text(basis)}", ""]
+            L += [f"## Top automata: run {md_text(run)}, {md_text(basis)}", "",
+                  md_text(f"{len(b['top'])} drawn: the top-ranked automata, then up to {N_CLOSED} closed ones "
+                          "(SCC or cycle) ranked below them."), ""]
             if not b["top"]:
                 L += ["None found.", ""]
                 continue

@@ -89,7 +89,8 @@ def edge_table(res: dict) -> pd.DataFrame:
                 if (u, v) in seen:
                     continue
                 seen.add((u, v))
-                rows.append({"source": u, "target": v, "run": "AB", "kind": "match", "match_corr": float(corr[f])})
+                rows.append({"source": u, "target": v, "run": "AB", "kind": "match", "match_corr": float(corr[f]),
+                             "lineage": False})
     return pd.DataFrame(rows)
 
 
@@ -145,7 +146,8 @@ def build_graph(res: dict, nodes: pd.DataFrame, edges: pd.DataFrame, runs, *, co
                        masked_cos=float(e["masked_cos"]), cos_on_parent=float(e["cos_on_parent"]),
                        cos_on_child=float(e["cos_on_child"]), coverage=float(e["coverage"]),
                        parent_share=float(e["parent_share"]), n_cofire=int(e["n_cofire"]),
-                       decoder_cos=float(e["decoder_cos"]), n_pairs=int(e["n_pairs"]))
+                       decoder_cos=float(e["decoder_cos"]), n_pairs=int(e["n_pairs"]),
+                       lineage=bool(e.get("lineage", False)))
         elif len(runs) > 1:
             G.add_edge(e["source"], e["target"], kind="match", weight=float(e["match_corr"]),
                        match_corr=float(e["match_corr"]))
@@ -211,6 +213,8 @@ def fig_map_families(res: dict, nodes: pd.DataFrame, edges: pd.DataFrame, n_fami
     nd = nodes[(nodes["run"] == run) & (nodes["family"] < n_families)].set_index("node")
     pos = {v: (r.x, r.y) for v, r in nd.iterrows() if np.isfinite(r.x)}
     ed = edges[(edges["kind"] == "link") & (edges["run"] == run)]
+    if "lineage" in ed:
+        ed = ed[ed["lineage"].astype(bool)]  # the families' trees; the web of all links would hide them
     for e in ed.itertuples(index=False):
         if e.source in pos and e.target in pos:
             (x0, y0), (x1, y1) = pos[e.source], pos[e.target]
@@ -229,7 +233,7 @@ def fig_map_families(res: dict, nodes: pd.DataFrame, edges: pd.DataFrame, n_fami
             if len(rows):
                 txt = rows.iloc[0].get("top_tokens_text", "")
         ax.annotate(E.mpl_text(f"{fam}: {txt}"[:40]), (root["x"], root["y"]), fontsize=6, color=f"C{fam % 10}")
-    ax.set_title(f"Run {run}: the {n_families} largest families and their forest edges")
+    ax.set_title(f"Run {run}: the {n_families} largest families and their lineage edges")
     ax.set_xticks([])
     ax.set_yticks([])
     return fig
