@@ -73,7 +73,8 @@ def edge_table(res: dict) -> pd.DataFrame:
     rows = []
     for r, rr in res["runs"].items():
         for u, v, d in rr["forest"].edges(data=True):
-            rows.append({"source": u, "target": v, "run": r, "kind": "link", **{k: d[k] for k in d}})
+            rows.append({"source": u, "target": v, "run": r, "kind": "link", **{k: d[k] for k in d},
+                         "lineage": bool(d.get("lineage", False))})  # never NaN: bool(NaN) would read True
     if "matches" in res:
         fa, fb = res["runs"]["A"]["forest"], res["runs"]["B"]["forest"]
         from ..analyses.splitting import feature_nodes
@@ -147,7 +148,7 @@ def build_graph(res: dict, nodes: pd.DataFrame, edges: pd.DataFrame, runs, *, co
                        cos_on_child=float(e["cos_on_child"]), coverage=float(e["coverage"]),
                        parent_share=float(e["parent_share"]), n_cofire=int(e["n_cofire"]),
                        decoder_cos=float(e["decoder_cos"]), n_pairs=int(e["n_pairs"]),
-                       lineage=bool(e.get("lineage", False)))
+                       lineage=bool(e["lineage"]))
         elif len(runs) > 1:
             G.add_edge(e["source"], e["target"], kind="match", weight=float(e["match_corr"]),
                        match_corr=float(e["match_corr"]))
@@ -213,8 +214,7 @@ def fig_map_families(res: dict, nodes: pd.DataFrame, edges: pd.DataFrame, n_fami
     nd = nodes[(nodes["run"] == run) & (nodes["family"] < n_families)].set_index("node")
     pos = {v: (r.x, r.y) for v, r in nd.iterrows() if np.isfinite(r.x)}
     ed = edges[(edges["kind"] == "link") & (edges["run"] == run)]
-    if "lineage" in ed:
-        ed = ed[ed["lineage"].astype(bool)]  # the families' trees; the web of all links would hide them
+    ed = ed[ed["lineage"].astype(bool)]  # the families' trees; the web of all links would hide them
     for e in ed.itertuples(index=False):
         if e.source in pos and e.target in pos:
             (x0, y0), (x1, y1) = pos[e.source], pos[e.target]
