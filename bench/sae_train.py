@@ -14,7 +14,9 @@ skipped with one line saying how to install it. The peers' step cost does not de
 features fire, so they are timed from their initialisation.
 
 splitkit's step cost does: it is timed on the first steps from initialisation (about half the
-features fire: the dense fallback; a fresh trainer in every round) and after a warm-up into the
+features fire: the dense fallback; a fresh trainer in every round, whose very first step -- the
+allocation of its gradients, Adam state and work buffers -- is timed apart, as the peers' first
+step is taken by their probe and not timed) and after a warm-up into the
 sparse regime where training spends nearly all of its steps (warm-up steps use 512-token batches
 to get there cheaply). All of it runs in alternating rounds of one sitting -- splitkit first steps,
 splitkit sparse steps, then each peer -- so that load from other processes hits every row alike.
@@ -374,12 +376,13 @@ def speed(n: int, x: torch.Tensor, peers: list[Peer], rounds: int, per_round: in
     (sparse), then ``per_round`` steps of each peer."""
     ours, warm_note = warmed(n, x)
     m = ours.members[0]
-    first_t, sparse_t, l0s, sparse_flags = [], [], [], []
+    first_t, alloc_t, sparse_t, l0s, sparse_flags = [], [], [], [], []
     peer_t: dict[str, list[float]] = {p.name: [] for p in peers}
     for p in peers:
         p.times(1)  # settle
     for _ in range(rounds):
         fresh = make_ours(n, TensorSource(x, BATCH, seed=0), n_steps=10**6)
+        alloc_t.append(timed(fresh.train_step))  # allocations: not a per-step cost (the peers' is untimed too)
         first_t += [timed(fresh.train_step) for _ in range(first_steps)]
         first_sparse = fresh.members[0].last.sparse
         del fresh
@@ -390,7 +393,8 @@ def speed(n: int, x: torch.Tensor, peers: list[Peer], rounds: int, per_round: in
         for p in peers:
             peer_t[p.name] += p.times(per_round)
     med = statistics.median
-    out = {"n": n, "splitkit_warmup": warm_note, "splitkit_first_steps_s": first_t, "splitkit_step_s": sparse_t,
+    out = {"n": n, "splitkit_warmup": warm_note, "splitkit_first_steps_s": first_t,
+           "splitkit_step_one_s": alloc_t, "splitkit_step_s": sparse_t,
            "splitkit_tok_s": BATCH / med(sparse_t), "splitkit_first_steps_tok_s": BATCH / med(first_t),
            "splitkit_first_steps_dense": not first_sparse,
            "splitkit_L0_when_timed": med(l0s), "splitkit_sparse_path_when_timed": all(sparse_flags), "peers": {}}
@@ -398,7 +402,8 @@ def speed(n: int, x: torch.Tensor, peers: list[Peer], rounds: int, per_round: in
         t = peer_t[p.name]
         out["peers"][p.name] = {"label": p.label, "setting": p.setting, "probes": p.info.get("probes"),
                                 "step_s": t, "tok_s": BATCH / med(t), "ratio": med(t) / med(sparse_t),
-                                "ratio_first_steps": med(t) / med(first_t), "peak_rss_mib": p.peak_rss_mib}
+                                "ratio_first_steps": med(t) / med(first_t), "ratio_step_one": med(t) / med(alloc_t),
+                                "peak_rss_mib": p.peak_rss_mib}
     return out
 
 
@@ -648,6 +653,7 @@ def main() -> None:
                          "ratio": round(pr["ratio"], 2),
                          "splitkit_first_steps_tok_s": round(s["splitkit_first_steps_tok_s"]),
                          "ratio_first_steps": round(pr["ratio_first_steps"], 2),
+                         "ratio_step_one": round(pr["ratio_step_one"], 2),
                          "splitkit_L0_when_timed": round(s["splitkit_L0_when_timed"], 1),
                          "splitkit_peak_rss_mib": rss, "peer_peak_rss_mib": pr["peak_rss_mib"]})
     print()
@@ -688,10 +694,11 @@ def main() -> None:
                      "rounds": rounds, "steps_per_round": per_round, "first_steps_per_round": first_steps},
         "table": rows,
         "columns": {"splitkit_tok_s": "median over timed steps after warm-up (sparse regime)",
-                    "splitkit_first_steps_tok_s": "median of the first steps from initialisation (dense fallback), "
-                                                  "a fresh trainer in every round",
+                    "splitkit_first_steps_tok_s": "median of steps 2.. of a fresh trainer in every round (dense "
+                                                  "fallback); step 1 (allocations) is in speed[].splitkit_step_one_s",
                     "ratio": "peer step time / splitkit step time (sparse), alternating rounds of one sitting",
                     "ratio_first_steps": "peer step time / splitkit first-step time",
+                    "ratio_step_one": "peer step time / splitkit's step 1 of a fresh trainer (allocations included)",
                     "peer_setting": "the fastest of the peer's candidate settings on this machine (probed first)",
                     "splitkit_peak_rss_mib": "VmHWM of a fresh process running one step from init",
                     "peer_peak_rss_mib": "VmHWM of the peer's worker process after its timed steps (data included)"},

@@ -29,6 +29,22 @@ HAVE_NUMBA = importlib.util.find_spec("numba") is not None
 
 if HAVE_NUMBA:
     import numba
+    from numba.core import types
+    from numba.extending import intrinsic
+
+    @intrinsic
+    def _f32(typingctx, u):
+        """The float32 whose bit pattern is the uint32 ``u`` (a bitcast, so loops stay vectorisable)."""
+        def codegen(context, builder, signature, args):
+            return builder.bitcast(args[0], context.get_value_type(types.float32))
+        return types.float32(types.uint32), codegen
+
+    @intrinsic
+    def _u32(typingctx, f):
+        """The bit pattern of the float32 ``f`` as a uint32."""
+        def codegen(context, builder, signature, args):
+            return builder.bitcast(args[0], context.get_value_type(types.uint32))
+        return types.uint32(types.float32), codegen
 
     @numba.njit(cache=True, parallel=True)
     def _row_count(bits, neg_b, b, counts, row0):
@@ -145,30 +161,25 @@ if HAVE_NUMBA:
 
     @numba.njit(cache=True, parallel=True)
     def _dense_relu(bits, bias, counts, f_sum, block):
+        # Column blocks in parallel, rows in order within a block: each column's sums are taken
+        # over rows 0, 1, ... in turn, whatever the thread count (as torch's column sums are).
         n_rows, n = bits.shape
         n_blocks = (n + block - 1) // block
         for k in numba.prange(n_blocks):
             c0 = k * block
             w = min(n, c0 + block) - c0
-            u = np.zeros(w, np.uint32)
-            fv = u.view(np.float32)
             cnt = np.zeros(w, np.float32)
             fs = np.zeros(w, np.float32)
             bb = bias[c0:c0 + w]
             for i in range(n_rows):
+                row = bits[i, c0:c0 + w]
                 for j in range(w):
-                    u[j] = np.uint32(bits[i, c0 + j]) << 16
-                for j in range(w):
-                    fv[j] += bb[j]  # fp32, as torch's bf16 add computes it
-                for j in range(w):
-                    v = u[j]
+                    v = _u32(_f32(np.uint32(row[j]) << 16) + bb[j])  # fp32, as torch's bf16 add computes it
                     v = (v + np.uint32(0x7FFF) + ((v >> 16) & np.uint32(1))) >> 16  # round to nearest even
                     v = np.uint32(0) if v >= 0x8000 else v  # ReLU: sign bit (negative or -0) -> 0
-                    bits[i, c0 + j] = np.uint16(v)
-                    u[j] = v << 16
-                for j in range(w):
-                    fs[j] += fv[j]
-                    cnt[j] += 1.0 if fv[j] > 0 else 0.0
+                    row[j] = np.uint16(v)
+                    fs[j] += _f32(v << 16)
+                    cnt[j] += np.float32(1.0) if v != 0 else np.float32(0.0)
             counts[c0:c0 + w] += cnt
             f_sum[c0:c0 + w] += fs
 
@@ -179,25 +190,17 @@ if HAVE_NUMBA:
         for k in numba.prange(n_blocks):
             c0 = k * block
             w = min(n, c0 + block) - c0
-            tg = np.zeros(w, np.uint32)
-            gf = tg.view(np.float32)
-            vv = np.zeros(w, np.float32)
-            vu = vv.view(np.uint32)
             acc = np.zeros(w, np.float32)
             cc = c[c0:c0 + w]
             for i in range(n_rows):
+                g = g_bits[i, c0:c0 + w]
+                fr = f_bits[i, c0:c0 + w]
                 for j in range(w):
-                    tg[j] = np.uint32(g_bits[i, c0 + j]) << 16
-                for j in range(w):
-                    vv[j] = gf[j] + cc[j]  # fp32, as torch's bf16 add computes it
-                for j in range(w):
-                    u = vu[j]
+                    u = _u32(_f32(np.uint32(g[j]) << 16) + cc[j])  # fp32, as torch's bf16 add computes it
                     u = (u + np.uint32(0x7FFF) + ((u >> 16) & np.uint32(1))) >> 16  # round to nearest even
-                    u = u if f_bits[i, c0 + j] != 0 else np.uint32(0)  # ReLU mask: f is exactly 0 off it
-                    g_bits[i, c0 + j] = np.uint16(u)
-                    tg[j] = u << 16
-                for j in range(w):
-                    acc[j] += gf[j]
+                    u = u if fr[j] != 0 else np.uint32(0)  # ReLU mask: f is exactly 0 off it
+                    g[j] = np.uint16(u)
+                    acc[j] += _f32(u << 16)
             db[c0:c0 + w] += acc
 
 
@@ -267,14 +270,14 @@ def _bits(t: torch.Tensor) -> np.ndarray:
 
 
 def dense_relu_(pre: torch.Tensor, bias: torch.Tensor, counts: torch.Tensor, f_sum: torch.Tensor,
-                block: int = 256) -> None:
+                block: int = 512) -> None:
     """Dense path, bf16: ``pre [r, n]`` -> ``relu(bf16(pre + bias))`` in place (``bias [n]`` fp32
     holding bf16 values); ``counts [n] += (f > 0)`` and ``f_sum [n] += f`` summed over rows (fp32),
     in one pass, column blocks in parallel."""
     _dense_relu(_bits(pre), _np(bias), _np(counts), _np(f_sum), block)
 
 
-def dense_grad_mask_(G: torch.Tensor, f: torch.Tensor, c: torch.Tensor, db: torch.Tensor, block: int = 256) -> None:
+def dense_grad_mask_(G: torch.Tensor, f: torch.Tensor, c: torch.Tensor, db: torch.Tensor, block: int = 512) -> None:
     """Dense path, bf16: ``G [r, n] <- bf16(G + c) * (f > 0)`` in place (``c [n]`` fp32: the penalty's
     gradient on an active pre-activation) and ``db [n] +=`` its column sums (fp32)."""
     _dense_grad_mask(_bits(G), _bits(f), _np(c), _np(db), block)
