@@ -115,6 +115,56 @@ def test_merge_step_merges_planted_copies_and_reinitialises_the_rest():
     assert m.steps_since_fired[keep].eq(7).all()
 
 
+def test_merge_step_sparse_path_merges_as_the_dense_one(monkeypatch):
+    """Large dictionaries encode the merge's inputs in row chunks into a sparse matrix (no dense
+    [M, n] array): on the planted copies that path makes the same merge as the dense one."""
+    from splitkit.train import merge as merge_mod
+
+    X = torch.randn(4 * 256, 32, generator=torch.Generator().manual_seed(5))
+    out = {}
+    for path in ("dense", "sparse"):
+        if path == "sparse":
+            monkeypatch.setattr(merge_mod, "DENSE_MAX_ELEMS", 0)
+            monkeypatch.setattr(merge_mod, "_CHUNK_ELEMS", 24 * 100)  # 100 rows a chunk: 11 chunks
+        sae = _planted_copies()
+        m = Member(sae, "sae_24", TrainerConfig(recipe="l1_log", n_steps=100, batch_size=256), torch.device("cpu"))
+        rec = merge_step(m, TensorSource(X, 256, seed=1), step=4, seed=0, n_batches=4)
+        out[path] = (rec, {p: getattr(sae, p).detach().clone() for p in PARAMS})
+    assert out["sparse"][0] == out["dense"][0] and out["dense"][0]["n_resampled"] == 3
+    for p in PARAMS:
+        torch.testing.assert_close(out["sparse"][1][p], out["dense"][1][p], rtol=1e-5, atol=1e-7)
+    # the chunked encoder gives the dense activations exactly, and the error is the dense forward's
+    sae = _random_sae()
+    Xr = torch.randn(300, 24, generator=torch.Generator().manual_seed(2)) * 2
+    f_csr = merge_mod._encode_csr(sae, Xr)
+    assert f_csr.shape == (300, 96) and 0 < f_csr.nnz < 300 * 96
+    assert torch.equal(torch.from_numpy(f_csr.toarray()), sae.encode(Xr).detach())
+    torch.testing.assert_close(merge_mod._decode_sq_err(f_csr, sae, Xr).float(),
+                               (sae(Xr) - Xr).pow(2).sum(1).detach(), rtol=1e-5, atol=1e-6)
+
+
+def test_merge_encoder_bf16_path_takes_the_training_steps_pairs():
+    """The sparse path's bf16 encoder (the trainer's precision, on the CPU kernels) gives the
+    activations of a bf16 GEMM plus the fp32 bias: within bf16 rounding of the fp32 ones, and the
+    same pairs except within that margin of the threshold."""
+    from splitkit.train import kernels
+    from splitkit.train import merge as merge_mod
+
+    if not kernels.HAVE_NUMBA:
+        pytest.skip("numba not installed: the sparse path encodes in fp32")
+    sae = _random_sae(n=200, d=24)
+    X = torch.randn(700, 24, generator=torch.Generator().manual_seed(3)) * 2
+    f = merge_mod._encode_csr(sae, X, torch.bfloat16).toarray()
+    ref = sae.encode(X).detach().numpy()
+    z = ((X - sae.b_dec).bfloat16() @ sae.W_enc.bfloat16()).float() + sae.b_enc  # the same sum by torch
+    exact = torch.relu(z).detach().numpy()
+    both = (f > 0) & (exact > 0)
+    assert ((f > 0) == (exact > 0)).mean() > 0.999 and both.sum() > 1000
+    assert abs(f[both] - exact[both]).max() < 1e-6
+    assert ((f > 0) == (ref > 0)).mean() > 0.99  # and close to fp32
+    assert abs(f[both] - ref[both]).max() < 0.05 * abs(ref).max()
+
+
 def _cluster_inputs(M=200, d=16, seed=0):
     """Unit directions of M inputs: the first half near-copies of one direction u, drawn 100x as often."""
     g = torch.Generator().manual_seed(seed)

@@ -21,9 +21,68 @@ import scipy.sparse as sp
 import torch
 
 from ..correlation.twins import activation_twins
+from . import kernels
 from .member import Member
 from .resample import sample_inputs
 from .source import ActivationSource, mix_seed
+
+
+# [M, n] above this many elements (1 GiB of fp32) takes the chunked sparse path of merge_step.
+DENSE_MAX_ELEMS = 1 << 28
+_CHUNK_ELEMS = 1 << 24  # rows per chunk of the sparse path: [rows, n] fp32 of at most 64 MiB
+
+
+@torch.no_grad()
+def _encode_csr(sae, X: torch.Tensor, mm_dtype: torch.dtype = torch.float32) -> sp.csr_matrix:
+    """``sae.encode(X)`` as a float32 CSR ``[M, n]``, in row chunks (no dense ``[M, n]`` array).
+
+    With ``mm_dtype`` bf16 on the CPU kernels, the encoder GEMM runs in bf16 and the active pairs
+    are those the training step itself would take (:mod:`.kernels`: ``z > bf16(-b_enc)`` and
+    ``z + b_enc > 0`` in fp32), at about a quarter of the fp32 path's time.
+    """
+    n = sae.n_features
+    rows = max(1, _CHUNK_ELEMS // n)
+    if mm_dtype == torch.bfloat16 and kernels.usable(X, sae.W_enc):
+        xb = (X.float() - sae.b_dec).to(torch.bfloat16)  # [M, d]
+        W = sae.W_enc.detach().to(torch.bfloat16)
+        b32 = sae.b_enc.detach().float().contiguous()
+        nb32 = (-sae.b_enc.detach()).to(torch.bfloat16).float().contiguous()
+        buf = torch.empty(min(rows, X.shape[0]), n, dtype=torch.bfloat16)
+        ptrs, cols_l, vals_l, nnz = [np.zeros(1, np.int64)], [], [], 0
+        for s in range(0, X.shape[0], rows):
+            r = min(rows, X.shape[0] - s)
+            pre = torch.mm(xb[s:s + r], W, out=buf[:r])  # [r, n]
+            counts = torch.zeros(r, dtype=torch.long)
+            kernels.active_pairs_chunk(pre, b32, nb32, counts, 0)
+            local = torch.zeros(r + 1, dtype=torch.long)
+            torch.cumsum(counts, 0, out=local[1:])
+            m = int(local[-1])
+            cols, vals = torch.empty(m, dtype=torch.long), torch.empty(m, dtype=torch.float32)
+            kernels.fill_pairs_chunk(pre, b32, nb32, local, 0, cols, vals, torch.empty(m, dtype=torch.long), 0)
+            ptrs.append(nnz + local[1:].numpy())
+            nnz += m
+            cols_l.append(cols.numpy().astype(np.int32))
+            vals_l.append(vals.numpy())
+        return sp.csr_matrix((np.concatenate(vals_l), np.concatenate(cols_l), np.concatenate(ptrs)),
+                             shape=(X.shape[0], n))
+    parts = []
+    for s in range(0, X.shape[0], rows):
+        parts.append(sp.csr_matrix(sae.encode(X[s:s + rows]).float().cpu().numpy()))
+    return parts[0] if len(parts) == 1 else sp.vstack(parts, format="csr")
+
+
+@torch.no_grad()
+def _decode_sq_err(f_csr: sp.csr_matrix, sae, X: torch.Tensor) -> torch.Tensor:
+    """``((f @ W_dec + b_dec - X)^2).sum(1)`` as float64 ``[M]`` from sparse activations ``f_csr [M, n]``."""
+    W = sae.W_dec.detach().float().cpu().numpy()
+    b = sae.b_dec.detach().float().cpu().numpy()
+    Xn = X.float().cpu().numpy()
+    out = np.empty(X.shape[0], np.float64)
+    step = 8192
+    for s in range(0, X.shape[0], step):
+        e = f_csr[s:s + step] @ W + b - Xn[s:s + step]  # [rows, d] float32
+        out[s:s + step] = np.square(e, dtype=np.float64).sum(1)
+    return torch.from_numpy(out).to(X.device)
 
 
 def _groups(twin_index: np.ndarray, twin_value: np.ndarray, ok: np.ndarray, corr: float) -> tuple[list[list[int]], int]:
@@ -71,6 +130,8 @@ def distinct_picks(weights: torch.Tensor, V: torch.Tensor, W_live: torch.Tensor,
         return torch.multinomial(weights, n_pick, replacement=True, generator=gen)
     order = torch.multinomial(weights, M, replacement=False, generator=gen)  # [M], in order drawn
     Wl = W_live.double()
+    if Wl.shape[0] > 16384:  # keep each [block, n_live] float64 similarity block near 128 MiB
+        block = max(64, min(block, (1 << 24) // Wl.shape[0]))
     kept: list[int] = []  # positions in ``order``
     K = torch.empty(0, V.shape[1], dtype=torch.float64)  # [n_kept, d] their directions
     for s in range(0, M, block):
@@ -97,42 +158,67 @@ def distinct_picks(weights: torch.Tensor, V: torch.Tensor, W_live: torch.Tensor,
 
 @torch.no_grad()
 def merge_step(m: Member, source: ActivationSource, step: int, seed: int, *, corr: float = 0.9,
-               min_count: int = 10, n_batches: int = 16, k: int = 4, max_cos: float = 0.7) -> dict:
+               min_count: int = 10, n_batches: int = 16, k: int = 4, max_cos: float = 0.7,
+               mm_dtype: torch.dtype = torch.float32) -> dict:
     """Merge the co-firing features of ``m`` on the ``n_batches`` batches before ``step``, in place.
 
     Re-initialised features go to distinct inputs (:func:`distinct_picks`, cosine at most ``max_cos``).
     Resets Adam's moments of every kept and re-initialised feature and ``steps_since_fired`` of the
     re-initialised ones. Randomness from ``mix_seed(seed, step, n, sae seed, 78)`` (resume-safe).
+    ``mm_dtype``: the encoder GEMM's dtype on the sparse path of large dictionaries (the trainer's;
+    the dense path, ``M * n <= DENSE_MAX_ELEMS``, is fp32 as it always was).
     Returns ``{"step", "kind": "merge", "pairs", "groups", "n_resampled"}``.
     """
     sae = m.sae
     n = sae.n_features
     device = sae.W_dec.device
     X = sample_inputs(source, n_batches * source.batch_size, step, device)  # [M, d]
-    f = sae.encode(X).float()  # [M, n]
-    counts = (f > 0).sum(0).cpu().numpy()  # [n]
+    # Up to DENSE_MAX_ELEMS the activations are one dense [M, n] array (the path every cached
+    # dictionary was trained with); past it (n > 4,096 at the default 16 batches of 4,096: 34 GB
+    # at 131,072 features) they are encoded in row chunks straight into a sparse matrix.
+    dense = X.shape[0] * n <= DENSE_MAX_ELEMS
+    if dense:
+        f = sae.encode(X).float()  # [M, n]
+        fn = f.cpu().numpy()
+        f_csr = sp.csr_matrix(fn)
+    else:
+        f_csr = _encode_csr(sae, X, mm_dtype)  # [M, n] float32
+    counts = np.bincount(f_csr.indices, minlength=n) if not dense else (f > 0).sum(0).cpu().numpy()  # [n]
     ok = counts >= min_count
     record = {"step": step, "kind": "merge", "pairs": 0, "groups": 0, "n_resampled": 0}
     if ok.sum() < 2:
         return record
-    tw = activation_twins(sp.csr_matrix(f.cpu().numpy()), k=min(k, n - 1))
+    tw = activation_twins(f_csr, k=min(k, n - 1))
     groups, n_pairs = _groups(tw.index, tw.value, ok, corr)
     record.update(pairs=n_pairs, groups=len(groups))
     if not groups:
         return record
-    fn = f.cpu().numpy()
+    if dense:
+        def column(j: int) -> np.ndarray:
+            return fn[:, j]
+    else:
+        f_csc = f_csr.tocsc()
+
+        def column(j: int) -> np.ndarray:  # [M] float32, the same values as the dense path's column
+            out = np.zeros(f_csc.shape[0], np.float32)
+            lo, hi = f_csc.indptr[j], f_csc.indptr[j + 1]
+            out[f_csc.indices[lo:hi]] = f_csc.data[lo:hi]
+            return out
     drop, kept = [], []
     for g in groups:
         r = max(g, key=lambda a: (int(counts[a]), -a))  # fires most; lowest index on ties
-        fr = fn[:, r]
+        fr = column(r)
         den = max(_dot(fr, fr), 1e-12)
         for j in g:
             if j != r:
-                sae.W_dec[r] += float(_dot(fr, fn[:, j]) / den) * sae.W_dec[j]
+                sae.W_dec[r] += float(_dot(fr, column(j)) / den) * sae.W_dec[j]
                 drop.append(j)
         kept.append(r)
     dead = torch.tensor(sorted(drop), dtype=torch.long, device=device)
-    err = (sae(X) - X).pow(2).sum(1).double()  # [M] squared reconstruction error after the merge
+    if dense:
+        err = (sae(X) - X).pow(2).sum(1).double()  # [M] squared reconstruction error after the merge
+    else:  # the encoder is untouched so far: only the decoder changed, so decode the same activations
+        err = _decode_sq_err(f_csr, sae, X)
     weights = err.pow(2)
     if not torch.isfinite(weights).all() or weights.sum() <= 0:
         weights = torch.ones_like(weights)

@@ -68,6 +68,7 @@ from typing import TYPE_CHECKING, ClassVar
 
 import torch
 
+from ..precision import matmul_dtype
 from .merge import merge_step
 from .nested import nested_step
 from .registry import _REGISTRY, get_recipe, recipe_names, register  # noqa: F401  (the registry, from here too)
@@ -363,7 +364,8 @@ class L1LogRecipe(L1DecNormRecipe):
         if not self.merge_due(step, cfg.n_steps):
             return None
         return merge_step(member, source, step, cfg.seed, corr=self.merge_corr, min_count=self.merge_min_count,
-                          n_batches=self.merge_batches, max_cos=self.merge_max_cos)
+                          n_batches=self.merge_batches, max_cos=self.merge_max_cos,
+                          mm_dtype=matmul_dtype(cfg.matmul_dtype, member.sae.W_enc.device))
 
 
 @register
