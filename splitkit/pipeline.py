@@ -418,6 +418,7 @@ def trainer_config(cfg: Config):
                          k=dc.k if get_recipe(dc.recipe).uses_k else None, n_steps=n_steps, batch_size=dc.batch_size,
                          matmul_dtype=dc.matmul_dtype, seed=dc.seed, snapshot_steps=snaps,
                          checkpoint_every=dc.checkpoint_every, lr_decay_frac=dc.lr_decay_frac, target_l0=dc.target_l0,
+                         **({} if dc.l0_gain is None else {"l0_gain": dc.l0_gain}),
                          l1_warmup_frac=None if dc.l1_warmup_tokens is None
                          else min(1.0, dc.l1_warmup_tokens / (n_steps * dc.batch_size)))
 

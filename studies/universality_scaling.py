@@ -23,6 +23,20 @@ def _items(text: str) -> tuple[str, ...]:
     return tuple(x.strip() for x in text.split(",") if x.strip())
 
 
+def _l0_targets(spec: str) -> tuple[float, ...]:
+    """``'8,16,32'`` -> ``(8.0, 16.0, 32.0)``, with a one-line error for anything else."""
+    from splitkit.config import ConfigError
+
+    items = [t.strip() for t in spec.split(",")]
+    try:
+        vals = [float(t) for t in items]
+    except ValueError:
+        raise ConfigError(f"--target-l0s must be comma-separated mean L0s such as '8,16,32', got {spec!r}") from None
+    if any(not v > 0 or v != v or v == float("inf") for v in vals):
+        raise ConfigError(f"--target-l0s must be positive mean L0s, got {spec!r}")
+    return tuple(sorted(set(vals)))
+
+
 def main(argv=None) -> int:
     p = base_parser(__doc__.split("\n\n")[0])
     from splitkit.train.recipes import recipe_names
@@ -30,6 +44,9 @@ def main(argv=None) -> int:
     p.add_argument("--recipes", default=None,
                    help=f"comma-separated training recipes: {', '.join(recipe_names())} (default: the preset's grid)")
     p.add_argument("--sizes", default=None, help="dictionary sizes, e.g. '1024,2048,4096' or '1024..4096'")
+    p.add_argument("--target-l0s", default=None,
+                   help="fixed-L0 arms: target mean L0s, e.g. '8,16,32'; every penalised recipe trains once more "
+                        "per target with its lambda steered toward it (ids 'l1_log@L0=16-n...'; default: none)")
     p.add_argument("--budgets", default=None,
                    help="SAE training tokens at which to measure, e.g. '500k,1M,2M,4M,8M' (the largest ends the run), "
                         "for every recipe (default: the preset's; the default preset's paper recipe uses 0.25M-4M)")
@@ -73,6 +90,8 @@ def main(argv=None) -> int:
         if args.budgets:
             grid["budgets"] = parse_counts(args.budgets, "--budgets")
             grid["paper_budgets"] = None  # one set of budgets for every recipe
+        if args.target_l0s:
+            grid["target_l0s"] = _l0_targets(args.target_l0s)
         if args.stream_budgets:
             grid["stream_budgets"] = args.stream_budgets
         if args.analysis_tokens:

@@ -97,6 +97,31 @@ def test_parse_counts_and_grid_validation():
         sc.l1_coeff_for("topk")
 
 
+def test_fixed_l0_arms_and_their_configs(smoke_cfg):
+    from splitkit import pipeline as P
+    from splitkit.analyses.scaling import recipe_config
+
+    sc = ScalingConfig(recipes=("l1_log", "topk"), target_l0s=(8, 16))
+    # every recipe at its lambda first, then each penalised one per target (topk's L0 is its k)
+    assert sc.arms() == [("l1_log", "l1_log", None), ("topk", "topk", None),
+                         ("l1_log@L0=8", "l1_log", 8.0), ("l1_log@L0=16", "l1_log", 16.0)]
+    assert ScalingConfig(recipes=("l1_log", "paper")).arms() == [("l1_log", "l1_log", None), ("paper", "paper", None)]
+    for bad in ((16, 8), (0,), (8, 8), (True,), ("8",)):
+        with pytest.raises(ConfigError, match="target_l0s"):
+            ScalingConfig(target_l0s=bad)
+    with pytest.raises(ConfigError, match="gain"):
+        ScalingConfig(target_l0_gain=0)
+    base = recipe_config(smoke_cfg, sc, "l1_log")
+    arm = recipe_config(smoke_cfg, sc, "l1_log", target_l0=16.0)
+    # the fixed-lambda arm keys its families as before the arms existed; a target keys its own
+    assert "target_l0" not in base.dict.key_dict() and "l0_gain" not in base.dict.key_dict()
+    assert arm.dict.key_dict()["target_l0"] == 16.0 and arm.dict.key_dict()["l0_gain"] == sc.target_l0_gain
+    assert arm.dict.lam == base.dict.lam == sc.l1_coeff_for("l1_log")  # lambda starts where the fixed arm's is
+    tc = P.trainer_config(arm)
+    assert tc.target_l0 == 16.0 and tc.l0_gain == sc.target_l0_gain
+    assert P.trainer_config(base).target_l0 is None and P.trainer_config(base).l0_gain == 0.02
+
+
 @pytest.mark.heavy
 def test_scaling_grid_end_to_end_and_resume(smoke_cfg, tmp_path):
     from studies import universality_scaling as study
@@ -209,6 +234,27 @@ def test_scaling_grid_end_to_end_and_resume(smoke_cfg, tmp_path):
     assert study.main(argv + ["--report-only"]) == 0
     assert json.loads((lost / "record.json").read_text()) == before
     assert len(pd.read_parquet(out / "scaling.parquet")) == 23
+
+
+@pytest.mark.heavy
+def test_scaling_grid_fixed_l0_arm_end_to_end(smoke_cfg, tmp_path):
+    from studies import universality_scaling as study
+
+    out = tmp_path / "scaling_l0"
+    argv = ["--preset", "smoke", "--cache", smoke_cfg.cache_dir, "--out", str(out), "--quiet", "--recipes",
+            "l1_decnorm", "--sizes", "64", "--budgets", "20k,41k", "--analysis-tokens", "10k", "--target-l0s", "12"]
+    assert study.main(argv) == 0
+    df = pd.read_parquet(out / "scaling.parquet").set_index("id")
+    assert sorted(df.index) == sorted(["l1_decnorm-n64-t20000-a10000", "l1_decnorm-n64-t41000-a10000",
+                                       "l1_decnorm@L0=12-n64-t20000-a10000", "l1_decnorm@L0=12-n64-t41000-a10000"])
+    arm = df.loc["l1_decnorm@L0=12-n64-t41000-a10000"]
+    fixed = df.loc["l1_decnorm-n64-t41000-a10000"]
+    assert arm["target_l0"] == 12.0 and arm["base_recipe"] == "l1_decnorm" and np.isnan(fixed["target_l0"])
+    # its own family, steered: at the fixed lambda L0 is ~31 here, the arm is pulled toward 12
+    assert fixed["l0_a"] > 25 and arm["l0_a"] < 0.75 * fixed["l0_a"]
+    assert arm["key"] != fixed["key"]
+    s = json.loads((out / "summary.json").read_text())
+    assert {h["recipe"] for h in s["headline"]} == {"l1_decnorm", "l1_decnorm@L0=12"}
 
 
 def test_scaling_bad_arguments_are_one_line_errors(smoke_cfg, capsys, tmp_path):

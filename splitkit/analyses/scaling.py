@@ -45,11 +45,13 @@ POINT_VERSION = 2  # 2: twin statistics and matching views per point; neurons un
 DECODER_POINT_VERSION = 1
 
 
-def recipe_config(cfg: Config, sc: ScalingConfig, recipe: str, stored_analysis: int | None = None) -> Config:
+def recipe_config(cfg: Config, sc: ScalingConfig, recipe: str, stored_analysis: int | None = None,
+                  target_l0: float | None = None) -> Config:
     """The pipeline config of one recipe's families: all sizes, snapshots at every budget but the last.
 
     ``stored_analysis``: tokens of the analysis activation store (the largest analysis size measured
-    from memory; default the largest of the grid).
+    from memory; default the largest of the grid). ``target_l0``: a fixed-L0 arm (lambda starts at
+    the recipe's grid value and is steered toward that mean L0 with ``sc.target_l0_gain``).
     """
     # the recipe's own schedule over the whole run; budgets are snapshots of it
     budgets = sc.budgets_for(recipe)
@@ -59,6 +61,8 @@ def recipe_config(cfg: Config, sc: ScalingConfig, recipe: str, stored_analysis: 
         d["k"] = sc.topk_k
     else:
         d["l1_coeff"] = sc.l1_coeff_for(recipe)
+    if target_l0 is not None:
+        d.update(target_l0=float(target_l0), l0_gain=sc.target_l0_gain)
     return cfg.with_overrides(dict=d, analysis={"n_tokens": stored_analysis or sc.analysis_tokens[-1]})
 
 
@@ -220,8 +224,8 @@ def run_scaling(cfg: Config, sc: ScalingConfig, out: str | Path, progress: bool 
     map_cache: dict = {}
     rows = []
     revision = {"git_revision": git_revision(), "command": command_line()}
-    for recipe in sc.recipes:
-        cfg_r = recipe_config(cfg, sc, recipe, stored[-1] if stored else None)
+    for label, base, target in sc.arms():
+        cfg_r = recipe_config(cfg, sc, base, stored[-1] if stored else None, target)
         fams = {}
         for seed in (cfg.seed_a, cfg.seed_b):
             t0 = time.perf_counter()
@@ -229,15 +233,15 @@ def run_scaling(cfg: Config, sc: ScalingConfig, out: str | Path, progress: bool 
                 fams[seed] = P.family_artifact(cfg_r, P.get_acts(cfg_r, seed, progress=progress))
                 continue
             fams[seed] = P.get_family(cfg_r, seed, progress)
-            log(f"[scaling] {recipe}: family of LM seed {seed} ready ({time.perf_counter() - t0:.0f} s)")
+            log(f"[scaling] {label}: family of LM seed {seed} ready ({time.perf_counter() - t0:.0f} s)")
         stream_todo: dict[int, list] = {n_t: [] for n_t in streamed}
         first_row = len(rows)
         for budget, step in budget_steps(cfg_r, sc):
             for n in sc.sizes:
                 todo = []
                 points = {}
-                for n_t in _analysis_sizes_at(sc, recipe, budget, streamed):
-                    pid = point_id(recipe, n, budget, n_t)
+                for n_t in _analysis_sizes_at(sc, base, budget, streamed):
+                    pid = point_id(label, n, budget, n_t)
                     # only what a point's figures depend on (not, e.g., the universality study's min_count)
                     analysis = {"ultralow_density": cfg.analysis.ultralow_density, "shuffle_seed": cfg.analysis.shuffle_seed}
                     if n_t in stream_todo:  # what the text and the chance level depend on
@@ -265,18 +269,18 @@ def run_scaling(cfg: Config, sc: ScalingConfig, out: str | Path, progress: bool 
                         todo.append(n_t)
                 if not todo or report_only:
                     continue
-                rows.extend(_measure(cfg, cfg_r, sc, recipe, n, budget, step, todo, points, fams, neuron_cache,
+                rows.extend(_measure(cfg, cfg_r, sc, label, n, budget, step, todo, points, fams, neuron_cache,
                                      revision, progress, log))
         for n_t, items in stream_todo.items():
             if items and not report_only:
-                rows.extend(_measure_stream(cfg, cfg_r, sc, recipe, n_t, n_split, items, fams, revision,
+                rows.extend(_measure_stream(cfg, cfg_r, sc, label, n_t, n_split, items, fams, revision,
                                             progress, log))
         add_decoder_columns(cfg, rows[first_row:], fams, n_split, map_cache, report_only, progress, log)
     df = pd.DataFrame(rows)
     # the same column order whether a point was just measured or read back from its (sorted) JSON
     lead = [c for c in _LEAD_COLUMNS if c in df.columns]
     df = df[lead + sorted(c for c in df.columns if c not in lead)]
-    order = {r: i for i, r in enumerate(sc.recipes)}
+    order = {label: i for i, (label, _, _) in enumerate(sc.arms())}
     if len(df):
         df = df.sort_values(["recipe", "n_features", "sae_tokens", "analysis_tokens"],
                             key=lambda c: c.map(order) if c.name == "recipe" else c).reset_index(drop=True)
@@ -294,7 +298,7 @@ def _point_filter(sc: ScalingConfig, streamed: list[int], only):
         return lambda pid: True
     from fnmatch import fnmatchcase
 
-    ids = [point_id(r, n, b, n_t) for r in sc.recipes for b in sc.budgets_for(r) for n in sc.sizes
+    ids = [point_id(lab, n, b, n_t) for lab, r, _ in sc.arms() for b in sc.budgets_for(r) for n in sc.sizes
            for n_t in _analysis_sizes_at(sc, r, b, streamed)]
     for pat in only:
         if not any(fnmatchcase(i, pat) for i in ids):
@@ -351,6 +355,8 @@ def _measure(cfg, cfg_r, sc, recipe, n, budget, step, todo, points, fams, neuron
         if n == sc.density_bins_at:
             row["density_curve_features"] = density_curve(fig["counts"] / n_t, fig["corr"])
             row["density_curve_neurons"] = neur["density_curve"]
+        if cfg_r.dict.target_l0 is not None:  # a fixed-L0 arm: its target beside the L0s reached
+            row.update(base_recipe=cfg_r.dict.recipe, target_l0=cfg_r.dict.target_l0, l0_gain=cfg_r.dict.l0_gain)
         row["matching_s"] = time.perf_counter() - t1
         rows.append(_save_point(points[n_t][1], row, log))
     return rows
