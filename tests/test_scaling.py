@@ -255,6 +255,7 @@ def test_scaling_grid_fixed_l0_arm_end_to_end(smoke_cfg, tmp_path):
     assert arm["key"] != fixed["key"]
     s = json.loads((out / "summary.json").read_text())
     assert {h["recipe"] for h in s["headline"]} == {"l1_decnorm", "l1_decnorm@L0=12"}
+    assert (out / "universality_vs_sae_tokens_fixed_l0.png").is_file() and "fixed_l0" in s["figures"]
 
 
 def test_scaling_bad_arguments_are_one_line_errors(smoke_cfg, capsys, tmp_path):

@@ -85,6 +85,52 @@ def fig_vs_tokens(df: pd.DataFrame):
     return fig
 
 
+def fig_fixed_l0(df: pd.DataFrame):
+    """Universality and the L0 reached against SAE tokens: each recipe's fixed-lambda lines beside its
+    fixed-L0 arms (one line per target and size), so training length and sparsity come apart.
+    None when the grid has no fixed-L0 arm."""
+    if "target_l0" not in df.columns or not df["target_l0"].notna().any():
+        return None
+    plt = _plt()
+    nt = main_analysis_tokens(df)
+    d = df[df["analysis_tokens"] == nt].copy()
+    d["base"] = d["base_recipe"].where(d["target_l0"].notna(), d["recipe"]) if "base_recipe" in d else d["recipe"]
+    bases = [b for b in dict.fromkeys(d.loc[d["target_l0"].notna(), "base"])]
+    sizes = sorted(d["n_features"].unique())
+    fig, axes = plt.subplots(len(bases), 2, figsize=(12.5, 4.2 * len(bases)), squeeze=False, layout="constrained")
+    import matplotlib
+
+    for row, base in zip(axes, bases):
+        g_all = d[d["base"] == base]
+        targets = [None] + sorted(g_all["target_l0"].dropna().unique())
+        for (t, n), g in g_all.groupby([g_all["target_l0"].fillna(-1), "n_features"], sort=True):
+            t = None if t == -1 else t
+            g = g.sort_values("sae_tokens")
+            shade = 0.35 + 0.65 * (sizes.index(n) + 1) / len(sizes)
+            cmap = ["Greys", "Blues", "Oranges", "Greens", "Purples"][targets.index(t) % 5]
+            style = {"color": matplotlib.colormaps[cmap](shade), "marker": "o", "ms": 3,
+                     "ls": "--" if t is None else "-"}
+            label = f"{'fixed λ' if t is None else f'L0 {t:g}'} n={n}"
+            row[0].plot(g["sae_tokens"], g["features_paper_median"], label=label, **style)
+            row[1].plot(g["sae_tokens"], (g["l0_a"] + g["l0_b"]) / 2, label=label, **style)
+        for t in targets[1:]:
+            row[1].axhline(t, color="grey", lw=0.6, ls=":")
+        row[0].axhline(g_all["neurons_median"].iloc[0], color="k", lw=1.2, label="neurons")
+        ticks = sorted(g_all["sae_tokens_budget"].unique())
+        for ax, title in ((row[0], f"{base}: universality (features the paper counts)"),
+                          (row[1], f"{base}: L0 reached (mean of A and B; dotted: targets)")):
+            ax.set_xscale("log")
+            ax.set_xlabel("SAE training tokens")
+            ax.set_title(title, fontsize=9)
+            ax.set_xticks(ticks, [_tok(t) for t in ticks], minor=False)
+            ax.set_xticks([], minor=True)
+        row[1].set_yscale("log")
+        row[0].set_ylabel(f"median max activation correlation\n(over {nt:,} analysis tokens)")
+        row[1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5))
+    fig.suptitle("Training length or sparsity: fixed lambda (dashed) against fixed L0 (solid)")
+    return fig
+
+
 def fig_tradeoff(df: pd.DataFrame):
     """Universality against loss recovered (the worse of runs A and B), one panel per recipe and one
     line per size through its budgets: what reconstruction costs in cross-seed match."""
@@ -187,6 +233,9 @@ def write_scaling(out: Path, df: pd.DataFrame, cfg, sc, extra: dict | None = Non
         figs["health"] = save_figure(fig_health(df), out / "dead_and_loss_vs_sae_tokens")
         figs["tradeoff"] = save_figure(fig_tradeoff(df), out / "universality_vs_loss_recovered")
         figs["vs_analysis"] = save_figure(fig_vs_analysis(df), out / "universality_vs_analysis_tokens")
+        ff = fig_fixed_l0(df)
+        if ff is not None:
+            figs["fixed_l0"] = save_figure(ff, out / "universality_vs_sae_tokens_fixed_l0")
         fd = fig_density(points)
         if fd is not None:
             figs["density"] = save_figure(fd, out / "corr_vs_density")
