@@ -75,3 +75,17 @@ def test_lm_no_better_than_bigrams_is_said_loudly(tmp_path, capsys):
     assert run.summary["beats_bigram"] is True
     P._warn_if_undertrained(run)
     assert capsys.readouterr().err == ""
+
+
+def test_lm_no_better_than_bigrams_is_said_in_the_report():
+    from splitkit import pipeline as P
+    from splitkit.report.universality import _undertrained_lines
+
+    weak = {"val_loss": 4.77, "bigram_loss": 4.72, "unigram_entropy": 6.0}
+    good = {"val_loss": 3.82, "bigram_loss": 4.32, "unigram_entropy": 6.3}
+    runs = {"A": {"lm": {**good, **P.lm_verdict(good)}}, "B": {"lm": {**weak, **P.lm_verdict(weak)}}}
+    lines = [line for line in _undertrained_lines(runs) if line]
+    assert len(lines) == 1 and lines[0].startswith("**Warning: the LM of run B is no better than a bigram")
+    assert "4.770" in lines[0] and "4.720" in lines[0]
+    runs["B"]["lm"] = runs["A"]["lm"]
+    assert _undertrained_lines(runs) == []

@@ -213,6 +213,19 @@ def _baseline_lines(s: dict) -> list[str]:
     return lines + [""]
 
 
+def _undertrained_lines(runs: dict) -> list[str]:
+    """A loud line per run whose LM is not clearly better than a bigram model of its own corpus."""
+    out = []
+    for side in ("A", "B"):
+        lm = runs[side]["lm"]
+        if lm.get("beats_bigram") is False:
+            out += [f"**Warning: the LM of run {side} is no better than a bigram model of its corpus** (validation "
+                    f"loss {_fmt(lm.get('val_loss'), 3)} against the bigram's {_fmt(lm.get('bigram_loss'), 3)} nats; "
+                    f"a margin of {lm.get('bigram_margin')} nats is needed). Its neurons and features mean little: "
+                    "train it longer (`--lm-tokens`) or give it more text.", ""]
+    return out
+
+
 def _report(summary: dict, res: dict) -> str:
     s = summary["universality"]
     f, n, ch = s["features"], s["neurons"], s["chance"]
@@ -234,6 +247,7 @@ def _report(summary: dict, res: dict) -> str:
         f"{_fmt(ch['features_shuffled_median_max_act_corr'], 2)}. The paper reports 0.72 for features and 0.46 for "
         "neurons (A/1 vs B/1, about 41M tokens).",
         "",
+        *_undertrained_lines(runs),
         "| | features (counted) | features (all alive) | neurons | paper: features / neurons |",
         "|---|---|---|---|---|",
         f"| median max act corr | {_fmt(f['median_max_act_corr'])} | {_fmt(f['all_alive']['median_max_act_corr'])} | "
@@ -274,7 +288,8 @@ def _report(summary: dict, res: dict) -> str:
         "| | run A | run B |",
         "|---|---|---|",
     ]
-    for key, fmt in (("val_loss", 3), ("unigram_entropy", 3), ("bigram_loss", 3), ("tokens_trained", 0)):
+    for key, fmt in (("val_loss", 3), ("unigram_entropy", 3), ("bigram_loss", 3), ("gain_over_bigram", 3),
+                     ("tokens_trained", 0)):
         va, vb = runs["A"]["lm"].get(key), runs["B"]["lm"].get(key)
         lines.append(f"| LM {key} | {_fmt(va, fmt) if fmt else f'{va:,}'} | {_fmt(vb, fmt) if fmt else f'{vb:,}'} |")
     for key in ("fvu", "l0", "loss_recovered_zero", "loss_recovered_mean", "dead_frac", "ultralow_frac"):
