@@ -274,6 +274,16 @@ class Config(_Section):
     seed_b: int = 1
     device: str = "cpu"
     cache_dir: str = ".cache"
+    # The LM budget rule (``pipeline.fit_lm_budget``): while an LM of run A or B is not clearly better
+    # than a bigram model of its corpus, both are trained again on twice the tokens, at most this many
+    # times (3M -> 24M at the default). 0: the budget is lm.n_tokens as given (the smoke preset's, a
+    # budget named with --lm-tokens).
+    lm_budget_doublings: int = 3
+
+    def __post_init__(self):
+        d = self.lm_budget_doublings
+        if isinstance(d, bool) or not isinstance(d, int) or not 0 <= d <= 6:
+            raise ConfigError(f"lm_budget_doublings must be an integer from 0 to 6, got {d!r}")
 
     def with_overrides(self, **sections: dict) -> "Config":
         """Return a copy with fields of sections replaced, e.g. ``dict={"sizes": (512,)}``."""
@@ -297,6 +307,7 @@ def _smoke() -> Config:
         dict=DictConfig(sizes=(128,), n_tokens=100_000, batch_size=1024, lr=3e-3, l1_coeff=1e-3, checkpoint_every=40,
                         l1_warmup_tokens=None, lr_decay_frac=None),
         analysis=AnalysisConfig(n_tokens=30_000, min_count=3, extra_packages=("tqdm",)),
+        lm_budget_doublings=0,  # seconds-long LMs for tests: their budget is what it is
     )
 
 
@@ -313,6 +324,7 @@ def _paper() -> Config:
                         n_tokens=400_000_000, batch_size=8192, l1_warmup_tokens=None, lr_decay_frac=None),
         analysis=AnalysisConfig(n_tokens=8_000_000),
         device="cuda",
+        lm_budget_doublings=0,  # 200M tokens an LM: a budget to set by hand, not to double
     )
 
 

@@ -62,6 +62,7 @@ def config_from_args(args):
         from splitkit.config import parse_token_count
 
         over["lm"] = {"n_tokens": parse_token_count(args.lm_tokens, "--lm-tokens")}
+        over["lm_budget_doublings"] = 0  # a budget named by hand is the budget
     cfg = cfg.with_overrides(**over)
     check_device(cfg.device)
     if getattr(args, "verify", False):

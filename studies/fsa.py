@@ -73,7 +73,10 @@ def main(argv=None) -> int:
         from splitkit.analyses.fsa_run import run_fsa
         from splitkit.report.fsa import write_fsa
 
+        from splitkit.pipeline import fit_lm_budget
+
         t0 = time.perf_counter()
+        cfg = fit_lm_budget(cfg, progress=not args.quiet)  # the universality study's rule, so the same LMs
         res = run_fsa(cfg, fcfg, runs=runs, progress=not args.quiet)
         summary = write_fsa(args.out, res, cfg, {"wall_s": time.perf_counter() - t0})
         for run, rr in summary["runs"].items():

@@ -77,6 +77,9 @@ def main(argv=None) -> int:
                                        else [])
         est = budget.splitting_estimate(cfg, scfg, len(runs), len(recipes))
         budget.announce(est, cfg.device, args.no_memory_check)
+        from splitkit.pipeline import fit_lm_budget
+
+        cfg = fit_lm_budget(cfg, progress=not args.quiet)  # the universality study's rule, so the same LMs
         out = Path(args.out)
         summaries, first = {}, None
         for i, recipe in enumerate(recipes):

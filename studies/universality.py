@@ -58,6 +58,9 @@ def main(argv=None) -> int:
         from splitkit import budget
 
         budget.announce(budget.universality_estimate(cfg, args.replicates), cfg.device, args.no_memory_check)
+        from splitkit.pipeline import fit_lm_budget
+
+        cfg = fit_lm_budget(cfg, progress=not args.quiet)  # LMs clearly better than bigrams, or a loud line
         from splitkit.report import write_universality
         from splitkit.analyses.universality import run_universality
 

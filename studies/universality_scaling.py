@@ -108,6 +108,10 @@ def main(argv=None) -> int:
             only = _items(args.only)
             if not only:
                 raise ConfigError("--only needs at least one point-id pattern, e.g. 'l1_decnorm-n1024-*'")
+        if not args.report_only:
+            from splitkit.pipeline import fit_lm_budget
+
+            cfg = fit_lm_budget(cfg, progress=not args.quiet)  # the universality study's rule, so the same LMs
         df = run_scaling(cfg, sc, args.out, progress=not args.quiet, report_only=args.report_only, only=only)
         summary = write_scaling(args.out, df, cfg, sc, {"wall_s": time.perf_counter() - t0}, table_json=table)
         def f(v, spec=".3f"):

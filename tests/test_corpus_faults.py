@@ -89,3 +89,41 @@ def test_lm_no_better_than_bigrams_is_said_in_the_report():
     assert "4.770" in lines[0] and "4.720" in lines[0]
     runs["B"]["lm"] = runs["A"]["lm"]
     assert _undertrained_lines(runs) == []
+
+
+def test_lm_budget_rule_doubles_until_both_lms_beat_bigrams(smoke_cfg, monkeypatch, capsys):
+    from splitkit import pipeline as P
+
+    cfg = smoke_cfg.replace(lm_budget_doublings=1)
+    trained = []
+    real_get_lm = P.get_lm
+    monkeypatch.setattr(P, "get_lm", lambda c, s, progress=True: trained.append((c.lm.n_tokens, s))
+                        or real_get_lm(c, s, progress))
+    # LMs that always beat the baseline: the budget stays, both seeds are looked at once
+    monkeypatch.setattr(P, "BIGRAM_MARGIN_NATS", -1e9)
+    assert P.fit_lm_budget(cfg, progress=False) == cfg
+    assert trained == [(40_000, cfg.seed_a), (40_000, cfg.seed_b)]
+    # never clearly better: doubled once (the rule's limit here), seed B not trained at the weak budget
+    trained.clear()
+    monkeypatch.setattr(P, "BIGRAM_MARGIN_NATS", 1e9)
+    capsys.readouterr()
+    got = P.fit_lm_budget(cfg, progress=False)
+    assert got.lm.n_tokens == 80_000 and got.replace(lm=cfg.lm) == cfg
+    assert trained == [(40_000, cfg.seed_a), (80_000, cfg.seed_a)]
+    err = capsys.readouterr().err
+    assert "the LM budget rule: LM seed 0 is no better than bigrams at 40,000 tokens, so both LMs train on 80,000" in err
+    # a budget of 0 doublings (the smoke preset's, or --lm-tokens) is used as given
+    trained.clear()
+    assert P.fit_lm_budget(smoke_cfg, progress=False) == smoke_cfg and len(trained) == 1
+
+
+def test_lm_tokens_by_hand_turn_the_rule_off():
+    import argparse
+
+    from studies._common import config_from_args
+
+    args = argparse.Namespace(preset="default", corpus=None, corpus_glob=None, text_column=None, device=None,
+                              cache=None, lm_tokens="12M", verify=False)
+    cfg = config_from_args(args)
+    assert cfg.lm.n_tokens == 12_000_000 and cfg.lm_budget_doublings == 0
+    assert config_from_args(argparse.Namespace(**{**vars(args), "lm_tokens": None})).lm_budget_doublings == 3
