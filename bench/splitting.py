@@ -72,7 +72,10 @@ def main(argv=None) -> int:
     if a.sae_tokens:
         cfg = cfg.with_overrides(dict={"n_tokens": parse_token_count(a.sae_tokens, "--sae-tokens")})
     fcfg = study_config(cfg, scfg)
-    res = {"sizes": list(sizes), "n_features": int(sum(sizes)), "sae_tokens": fcfg.dict.n_tokens,
+    from splitkit.provenance import command_line, git_revision
+
+    res = {"git_revision": git_revision(), "command": command_line(),
+           "sizes": list(sizes), "n_features": int(sum(sizes)), "sae_tokens": fcfg.dict.n_tokens,
            "analysis_tokens": scfg.analysis_tokens, "recipe": fcfg.dict.recipe, "device": a.device,
            "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "load_avg_start": os.getloadavg()},
            "stages": {}}
@@ -92,6 +95,9 @@ def main(argv=None) -> int:
             acts[n] = feature_acts(sae, store, device=a.device, progress=False, matmul_dtype=mm)
             W[n] = sae.W_dec.detach().cpu().numpy()
     res["l0_per_size"] = {str(n): float(acts[n].nnz / acts[n].shape[0]) for n in sizes}
+    res["dead_share_per_size"] = {str(n): float((acts[n].getnnz(axis=0) == 0).mean()) for n in sizes}
+    res["trainer_dead_in_last_window"] = {str(n): int(s.get("dead", -1)) for n, s in
+                                          ((int(k.split("_")[1]), v) for k, v in fam.train_summary["saes"].items())}
     lo, hi = sizes[-2], sizes[-1]
     with Stage(st, f"links_{lo}_{hi}"):
         df = S.links(acts[lo], acts[hi], W[lo], W[hi], k=scfg.k, min_cofire=scfg.min_cofire)
