@@ -379,30 +379,7 @@ class TopKRecipe(Recipe):
     name = "topk"
     architecture = "topk"
     uses_k = True
-    # 1: AuxK normalised by the residual's variance, Adam moments reset on death
-    # 2: decoder rows (and the encoder, their transpose) start on distinct inputs of the first batches
-    version = 2
-
-    @torch.no_grad()
-    def init_family(self, saes: list["SparseAutoencoder"], sample: torch.Tensor) -> None:
-        """b_dec at the geometric median; each latent's decoder row the unit direction of one input
-        of ``sample [M, d]`` minus b_dec (distinct inputs while M allows, a draw seeded by the
-        dictionary's seed), the encoder its transpose.
-
-        Why: from random directions most of a 4,096-latent dictionary died in its first 50 steps
-        on our activations, whose variance lies in ~100 of the 512 directions: a random row
-        reads little of any input, never reaches the top k, and AuxK could not turn it into the data's
-        subspace within the run (docs/recipes.md, "topk")."""
-        super().init_family(saes, sample)
-        V = sample - saes[0].b_dec
-        V = V / V.norm(dim=1, keepdim=True).clamp_min(1e-12)  # [M, d]
-        M = V.shape[0]
-        for sae in saes:
-            n = sae.n_features
-            g = torch.Generator().manual_seed(int(sae.cfg.seed) * 1_000_003 + n)
-            idx = torch.randperm(M, generator=g)[:n] if n <= M else torch.randint(M, (n,), generator=g)
-            sae.W_dec.copy_(V.cpu()[idx].to(sae.W_dec.device))
-            sae.W_enc.copy_(sae.W_dec.t())
+    version = 1  # 1: AuxK normalised by the residual's variance, Adam moments reset on death
 
     def penalty(self, W_dec: torch.Tensor, l1_coeff: float, batch: int) -> L1Penalty:
         return L1Penalty(0.0, batch)  # no sparsity penalty: k sets the sparsity (the L1 is still reported)
