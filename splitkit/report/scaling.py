@@ -95,7 +95,7 @@ def fig_fixed_l0(df: pd.DataFrame):
     nt = main_analysis_tokens(df)
     d = df[df["analysis_tokens"] == nt].copy()
     d["base"] = d["base_recipe"].where(d["target_l0"].notna(), d["recipe"]) if "base_recipe" in d else d["recipe"]
-    bases = [b for b in dict.fromkeys(d.loc[d["target_l0"].notna(), "base"])]
+    bases = list(dict.fromkeys(d.loc[d["target_l0"].notna(), "base"]))
     sizes = sorted(d["n_features"].unique())
     fig, axes = plt.subplots(len(bases), 2, figsize=(12.5, 4.2 * len(bases)), squeeze=False, layout="constrained")
     import matplotlib

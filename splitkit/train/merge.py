@@ -181,9 +181,10 @@ def merge_step(m: Member, source: ActivationSource, step: int, seed: int, *, cor
         f = sae.encode(X).float()  # [M, n]
         fn = f.cpu().numpy()
         f_csr = sp.csr_matrix(fn)
+        counts = (f > 0).sum(0).cpu().numpy()  # [n]
     else:
-        f_csr = _encode_csr(sae, X, mm_dtype)  # [M, n] float32
-    counts = np.bincount(f_csr.indices, minlength=n) if not dense else (f > 0).sum(0).cpu().numpy()  # [n]
+        f_csr = _encode_csr(sae, X, mm_dtype)  # [M, n] float32, only the firing pairs stored
+        counts = np.bincount(f_csr.indices, minlength=n)  # [n]
     ok = counts >= min_count
     record = {"step": step, "kind": "merge", "pairs": 0, "groups": 0, "n_resampled": 0}
     if ok.sum() < 2:
