@@ -258,6 +258,29 @@ def test_duplicate_dictionary_scores_low_one_to_one():
     assert fwd["frac_corr_gt_0.5"] <= 1.0 / n + 1e-9
 
 
+@pytest.mark.parametrize("engine", SPARSE_ENGINES)
+def test_matrix_submatch_equals_a_match_of_the_subsets(pair_with_dead, engine):
+    """A matching of column subsets read from the kept matrix is the table a fresh pass gives, bit for bit
+    (dead columns, ties from an exact copy and a subset of one column included)."""
+    a, b = pair_with_dead
+    bd = b.toarray()
+    bd[:, 20] = bd[:, 3]  # an exact copy: equal correlations, the lower index wins in both
+    b = sp.csr_matrix(bd)
+    full, mat = M.match_with_matrix(a, b, k=4, engine=engine)
+    pd.testing.assert_frame_equal(full, M.match(a, b, k=4, assignment="dense", engine=engine))
+    assert full.attrs == M.match(a, b, k=4, assignment="dense", engine=engine).attrs
+    np.testing.assert_allclose(mat.C, reference(a, b), atol=1e-6, equal_nan=True)
+    rng = np.random.default_rng(11)
+    for ia, ib in [(np.arange(23), np.arange(31)), (np.sort(rng.choice(23, 12, replace=False)), np.array([0, 3, 17, 20])),
+                   (np.array([2, 4, 9]), np.sort(rng.choice(31, 19, replace=False))), (np.array([4]), np.array([3, 20]))]:
+        got = mat.match(ia, ib, k=4)
+        want = M.match(a[:, ia], b[:, ib], k=4, assignment="dense", engine=engine)
+        pd.testing.assert_frame_equal(got, want)
+        for key in ("k", "assignment", "n_tokens", "n_a", "n_b", "n_dead_a", "n_dead_b"):
+            assert got.attrs[key] == want.attrs[key], key
+    assert mat.match([4], [3, 20]).best_b.tolist() == [0]  # the copy at 20 ties with 3 and loses
+
+
 def test_summarize_mask_and_dead_counts(pair_with_dead):
     a, b = pair_with_dead
     df = M.match(a, b, k=2)

@@ -10,7 +10,8 @@ import pytest
 import scipy.sparse as sp
 import torch
 
-from splitkit.analyses.universality import counted_mask, density_bins, density_curve, universality_figures
+from splitkit.analyses.universality import (counted_mask, density_bins, density_curve, matched_figures,
+                                            universality_figures)
 from splitkit.config import ConfigError, ScalingConfig, parse_counts
 from splitkit.sae import SAEConfig, SparseAutoencoder
 
@@ -55,6 +56,13 @@ def test_planted_shared_fraction_is_recovered(shared):
     assert set(matched) <= set(perm[:n_shared].tolist())
     # chance: B's tokens shuffled
     assert np.nanmedian(fig["chance"]) < 0.05
+    # the grid's one-pass figures are these, bit for bit, with the match table beside them
+    fig2, table, matrix = matched_figures(acts[0], acts[1], ultralow_density=1e-4)
+    for key in ("corr", "chance", "counts"):
+        np.testing.assert_array_equal(fig2[key], fig[key])
+    assert fig2["paper"] == fig["paper"] and fig2["n_dead"] == fig["n_dead"]
+    np.testing.assert_array_equal(table["corr"].to_numpy(), fig["corr"])
+    assert matrix is not None and matrix.C.shape == (n, n)
 
 
 def test_paper_exclusion_counts():

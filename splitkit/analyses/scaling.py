@@ -36,7 +36,7 @@ from ..cache import stable_hash
 from ..config import Config, ConfigError, ScalingConfig
 from ..provenance import command_line, git_revision
 from ..train import get_recipe
-from .universality import density_curve, summarize_units, universality_figures
+from .universality import density_curve, matched_figures, summarize_units, universality_figures
 
 #: bump when a grid point's figures for the same inputs would change
 POINT_VERSION = 2  # 2: twin statistics and matching views per point; neurons under the features' exclusion rule
@@ -110,10 +110,15 @@ _LEAD_COLUMNS = ["id", "recipe", "n_features", "sae_tokens_budget", "sae_tokens"
                  "loss_recovered_zero_a", "loss_recovered_mean_a", "fvu_a"]
 
 
-def redundancy_row(FA, FB, w_dec, counts_a, n_t: int, ultralow_density: float) -> dict:
+def redundancy_row(FA, FB, w_dec, counts_a, n_t: int, ultralow_density: float, table=None, matrix=None) -> dict:
     """A point's copy figures: each dictionary's twin statistics (activation twins over at most the first
     ``universality.TWIN_TOKENS`` tokens) and the matching views, many-to-one beside one-to-one, mutual and
-    de-duplicated (``FA [n_t, n]``, ``FB [n_t, n]``, ``w_dec``: the two decoders ``[n, d_mlp]``)."""
+    de-duplicated (``FA [n_t, n]``, ``FB [n_t, n]``, ``w_dec``: the two decoders ``[n, d_mlp]``).
+
+    ``table``/``matrix``: A's match against B and its correlation matrix where the caller has them
+    (``universality.matched_figures``); the de-duplicated matching then reads the matrix instead of
+    passing over the tokens again.
+    """
     from .. import correlation
     from . import redundancy as R
     from .universality import TWIN_TOKENS, counted_mask, redundancy_block
@@ -128,9 +133,10 @@ def redundancy_row(FA, FB, w_dec, counts_a, n_t: int, ultralow_density: float) -
         for k in ("twin_median_act_corr", "twin_share_act_0.9", "twin_median_dec_cos", "twin_share_dec_0.9",
                   "n_clusters_act_0.9", "n_clusters_dec_0.9"):
             out[f"{k}_{side}"] = r.get(k)
-    v = R.view_figures(correlation.match(FA, FB, k=8), counted)
+    v = R.view_figures(correlation.match(FA, FB, k=8) if table is None else table, counted)
     ia, ib = np.flatnonzero(cla.representative), np.flatnonzero(clb.representative)
-    d = R.view_figures(correlation.match(FA[:, ia], FB[:, ib], k=8), counted[ia])
+    dd = correlation.match(FA[:, ia], FB[:, ib], k=8) if matrix is None else matrix.match(ia, ib, k=8)
+    d = R.view_figures(dd, counted[ia])
     out.update({"many_to_one_median": v["many_to_one_median"], "one_to_one_median": v["one_to_one_median"],
                 "mutual_share": v["mutual_share"], "n_distinct_best": v["n_distinct_best"],
                 "dedup_many_to_one_median": d["many_to_one_median"], "dedup_one_to_one_median": d["one_to_one_median"],
@@ -330,8 +336,9 @@ def _measure(cfg, cfg_r, sc, recipe, n, budget, step, todo, points, fams, neuron
     rows = []
     for n_t in todo:
         t1 = time.perf_counter()
-        fig = universality_figures(FA_all[:n_t], FB_all[:n_t], cfg.analysis.ultralow_density,
-                                   cfg.analysis.shuffle_seed)
+        # one pass gives the best matches, the match table and the matrix the de-duplicated view reads
+        fig, table, matrix = matched_figures(FA_all[:n_t], FB_all[:n_t], cfg.analysis.ultralow_density,
+                                             cfg.analysis.shuffle_seed)
         neur = _neuron_baseline(cfg, n_t, neuron_cache, progress)
         row = {
             "id": point_id(recipe, n, budget, n_t), "key": points[n_t][0], **revision,
@@ -351,7 +358,9 @@ def _measure(cfg, cfg_r, sc, recipe, n, budget, step, todo, points, fams, neuron
             st = fs[s].stats
             for k in ("fvu", "l0", "loss_recovered_zero", "loss_recovered_mean", "mse"):
                 row[f"{k}_{side}"] = st.get(k)
-        row.update(redundancy_row(FA_all[:n_t], FB_all[:n_t], w_dec, fig["counts"], n_t, cfg.analysis.ultralow_density))
+        row.update(redundancy_row(FA_all[:n_t], FB_all[:n_t], w_dec, fig["counts"], n_t, cfg.analysis.ultralow_density,
+                                  table, matrix))
+        del table, matrix
         if n == sc.density_bins_at:
             row["density_curve_features"] = density_curve(fig["counts"] / n_t, fig["corr"])
             row["density_curve_neurons"] = neur["density_curve"]

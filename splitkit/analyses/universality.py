@@ -111,6 +111,26 @@ def universality_figures(FA, FB, ultralow_density: float, shuffle_seed: int = 0)
     return summarize_units(corr, chance, A.nnz, A.n_tokens, ultralow_density)
 
 
+def matched_figures(FA, FB, ultralow_density: float, shuffle_seed: int = 0, k: int = 8):
+    """:func:`universality_figures` and the ``correlation.match`` table of A against B, sharing one pass.
+
+    Returns ``(figures, table, matrix)``. Up to ``DENSE_ASSIGNMENT_LIMIT`` entries the best matches
+    come from the match's own pass (``correlation.match_with_matrix``) and ``matrix`` is kept for
+    matchings of column subsets; above it ``matrix`` is None and the table has its own pass. On
+    sparse inputs the figures equal :func:`universality_figures` bit for bit (each correlation
+    depends on its own pair of columns; the GEMM dtype only matters for dense inputs).
+    """
+    A, B = correlation.prepare(FA, "acts A"), correlation.prepare(FB, "acts B")
+    if one_to_one_method(A.n_cols, B.n_cols) == "dense":
+        table, matrix = correlation.match_with_matrix(A, B, k=k)
+        corr = table["corr"].to_numpy(np.float64)
+    else:
+        table, matrix = correlation.match(A, B, k=k, assignment="topk"), None
+        corr = table["corr"].to_numpy(np.float64)
+    chance = correlation.shuffled_baseline(A, B, seed=shuffle_seed, k=1, dtype=np.float32).value[:, 0]
+    return summarize_units(corr, chance.astype(np.float64), A.nnz, A.n_tokens, ultralow_density), table, matrix
+
+
 def summarize_units(corr: np.ndarray, chance: np.ndarray, counts: np.ndarray, n_tok: int,
                     ultralow_density: float) -> dict:
     """The figures of :func:`universality_figures` from per-unit best-match ``corr [n_a]``, ``chance [n_a]``
@@ -352,7 +372,10 @@ def analyse(a: Side, b: Side, next_tokens: np.ndarray, cfg: Config, top_token_id
     rng = np.random.default_rng(ac.shuffle_seed)
 
     assignment = one_to_one_method(FA.shape[1], FB.shape[1])
-    feats = correlation.match(FA, FB, k=ac.top_k, assignment=assignment)
+    if assignment == "dense":  # keep the matrix: the de-duplicated matching below reads it
+        feats, fmatrix = correlation.match_with_matrix(FA, FB, k=ac.top_k)
+    else:
+        feats, fmatrix = correlation.match(FA, FB, k=ac.top_k, assignment=assignment), None
     # neurons come as CSR (load_side), so the sparse engine gives exact correlations (dtype only
     # matters for dense inputs, where float32 stays within ~1e-6); column statistics once for the
     # match and the chance level
@@ -483,7 +506,11 @@ def analyse(a: Side, b: Side, next_tokens: np.ndarray, cfg: Config, top_token_id
     red_na, _ = redundancy_block(a.neuron_acts, None, ncounts_a, n_counted, n_twin)
     views = R.view_figures(feats, counted)
     ia, ib = np.flatnonzero(cl_a.representative), np.flatnonzero(cl_b.representative)
-    dd = correlation.match(FA[:, ia], FB[:, ib], k=ac.top_k, assignment=one_to_one_method(ia.size, ib.size))
+    if fmatrix is not None:
+        dd = fmatrix.match(ia, ib, k=ac.top_k)
+    else:
+        dd = correlation.match(FA[:, ia], FB[:, ib], k=ac.top_k, assignment=one_to_one_method(ia.size, ib.size))
+    del fmatrix
     dviews = R.view_figures(dd, counted[ia])
     views.update({f"dedup_{k}": v for k, v in dviews.items()})
     views["dedup_n_b"] = int(ib.size)

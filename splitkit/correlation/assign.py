@@ -3,13 +3,15 @@
 One-to-one assignment (``match``): the Hungarian algorithm (``linear_sum_assignment``) on the full
 matrix while ``n_a * n_b`` is small, else LAPJVsp (``min_weight_full_bipartite_matching``) on the
 graph of A->B and B->A top-k edges, which gives the same assignment whenever the optimum's edges are
-in that graph (tested), or a greedy pass on the same edges. :func:`summarize` gives a matching's
-headline figures.
+in that graph (tested), or a greedy pass on the same edges. :func:`match_with_matrix` keeps the full
+matrix (``CorrelationMatrix``) so that the matching of column subsets (de-duplicated features) reads it
+instead of passing over the tokens again. :func:`summarize` gives a matching's headline figures.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -18,7 +20,7 @@ from scipy.optimize import linear_sum_assignment
 from scipy.sparse.csgraph import min_weight_full_bipartite_matching
 
 from .columns import TopK, _check_pair
-from .engine import _compute
+from .engine import _compute, _topk_rows
 
 ASSIGNMENTS = ("auto", "dense", "topk", "greedy", "none")
 
@@ -143,39 +145,99 @@ def match(acts_a, acts_b, k: int = 8, *, assignment: str = "auto", dense_limit: 
         assignment = "dense" if A.n_cols * B.n_cols <= dense_limit else "topk"
     want_full = assignment == "dense"
     _, _, fwd, rev, full = _compute(A, B, k, chunk, dtype, engine, True, want_full)
+    return _match_table(fwd, rev, full, A.density, B.density, assignment, k)
+
+
+@dataclass(frozen=True)
+class CorrelationMatrix:
+    """The full A x B correlation matrix of one pass over the tokens, kept so that the matching of
+    any column subsets (de-duplicated features, say) comes from it without another pass.
+
+    ``C``: float64 ``[n_a, n_b]`` (NaN on dead rows and columns); ``density_a [n_a]``,
+    ``density_b [n_b]``: firing shares; ``dead_a [n_a]``, ``dead_b [n_b]``: zero-variance columns;
+    ``n_tokens``; ``engine``: the engine that computed ``C``.
+    """
+
+    C: np.ndarray
+    density_a: np.ndarray
+    density_b: np.ndarray
+    dead_a: np.ndarray
+    dead_b: np.ndarray
+    n_tokens: int
+    engine: str
+
+    def match(self, ia=None, ib=None, k: int = 8) -> pd.DataFrame:
+        """The :func:`match` table (Hungarian assignment) of A columns ``ia`` against B columns ``ib``
+        (None: all), row ``i`` for A column ``ia[i]``, B indices relative to ``ib``.
+
+        The same table as ``match(acts_a[:, ia], acts_b[:, ib], k, assignment="dense")``: with the
+        sparse engines each entry of ``C`` depends on its own pair of columns only, so a submatrix
+        is what that pass would compute, and the top-k keeps the engines' order (value, then index).
+        """
+        ia = np.arange(self.C.shape[0]) if ia is None else np.asarray(ia, np.int64)
+        ib = np.arange(self.C.shape[1]) if ib is None else np.asarray(ib, np.int64)
+        sub = self.C[np.ix_(ia, ib)]
+        dead_a, dead_b = self.dead_a[ia], self.dead_b[ib]
+        v, i = _topk_rows(sub, k)
+        rv, ri = _topk_rows(sub.T, k)
+        meta = {"engine": self.engine, "k": k}
+        fwd = TopK(i, v.astype(np.float32), dead_a, dead_b, self.n_tokens, meta)
+        rev = TopK(ri, rv.astype(np.float32), dead_b, dead_a, self.n_tokens, dict(meta))
+        return _match_table(fwd, rev, sub, self.density_a[ia], self.density_b[ib], "dense", k)
+
+
+def match_with_matrix(acts_a, acts_b, k: int = 8, *, chunk: int | None = None, dtype=np.float64,
+                      engine: str = "auto") -> tuple[pd.DataFrame, CorrelationMatrix]:  # fmt: skip
+    """:func:`match` with the Hungarian assignment, and the full matrix it was computed from.
+
+    Use it where a second matching over a subset of the same columns follows (``CorrelationMatrix.match``);
+    the matrix costs ``8 n_a n_b`` bytes. Returns ``(table, matrix)``; the table is the one ``match``
+    returns with ``assignment="dense"``.
+    """
+    A, B = _check_pair(acts_a, acts_b, k)
+    _, _, fwd, rev, full = _compute(A, B, k, chunk, dtype, engine, True, True)
+    df = _match_table(fwd, rev, full, A.density, B.density, "dense", k)
+    return df, CorrelationMatrix(full, A.density.copy(), B.density.copy(), A.dead.copy(), B.dead.copy(), A.n_tokens,
+                                fwd.meta["engine"])
+
+
+def _match_table(fwd: TopK, rev: TopK, full, density_a: np.ndarray, density_b: np.ndarray, assignment: str,
+                 k: int) -> pd.DataFrame:
+    """The table of :func:`match` from the top-k both ways and (dense assignment) the full matrix."""
+    n_a = fwd.index.shape[0]
     best_b = fwd.index[:, 0]
     has = best_b >= 0
-    best_a_of_b = np.full(A.n_cols, -1, np.int64)
-    corr_b = np.full(A.n_cols, np.nan)
+    best_a_of_b = np.full(n_a, -1, np.int64)
+    corr_b = np.full(n_a, np.nan)
     best_a_of_b[has] = rev.index[best_b[has], 0]
     corr_b[has] = rev.value[best_b[has], 0]
-    mutual = has & (best_a_of_b == np.arange(A.n_cols))
-    density_b = np.full(A.n_cols, np.nan)
-    density_b[has] = B.density[best_b[has]]
+    mutual = has & (best_a_of_b == np.arange(n_a))
+    dens_b = np.full(n_a, np.nan)
+    dens_b[has] = density_b[best_b[has]]
     if assignment == "dense":
         assign_b, assign_corr = assign_dense(full)
     elif assignment in ("topk", "greedy"):
         assign_b, assign_corr = assign_topk(fwd, rev, method=assignment)
     else:
-        assign_b, assign_corr = np.full(A.n_cols, -1, np.int64), np.full(A.n_cols, np.nan)
+        assign_b, assign_corr = np.full(n_a, -1, np.int64), np.full(n_a, np.nan)
     df = pd.DataFrame(
         {
-            "a": np.arange(A.n_cols),
+            "a": np.arange(n_a),
             "best_b": best_b,
             "corr": fwd.value[:, 0].astype(np.float64),
             "best_a_of_b": best_a_of_b,
             "corr_b": corr_b,
             "mutual": mutual,
-            "density_a": A.density,
-            "density_b": density_b,
-            "dead_a": A.dead,
+            "density_a": density_a,
+            "density_b": dens_b,
+            "dead_a": fwd.dead_a,
             "assign_b": assign_b,
             "assign_corr": assign_corr,
         }
     )
     df.attrs.update(
-        engine=fwd.meta["engine"], k=k, assignment=assignment, n_tokens=A.n_tokens,
-        n_a=A.n_cols, n_b=B.n_cols, n_dead_a=int(A.dead.sum()), n_dead_b=int(B.dead.sum()),
+        engine=fwd.meta["engine"], k=k, assignment=assignment, n_tokens=fwd.n_tokens,
+        n_a=n_a, n_b=int(fwd.dead_b.size), n_dead_a=int(fwd.dead_a.sum()), n_dead_b=int(fwd.dead_b.sum()),
     )  # fmt: skip
     return df
 
