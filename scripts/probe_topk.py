@@ -56,6 +56,7 @@ F = encode_sparse(sae, P.get_acts(cfg, seed, "analysis").head(N_ANALYSIS),
                   matmul_dtype=matmul_dtype(cfg.dict.matmul_dtype, cfg.device))
 counts = np.asarray(F.getnnz(axis=0))
 red = R.redundancy_summary(F, sae.W_dec.detach().numpy(), threshold=0.9, k=8)
+red["twin_k"] = red.pop("k", 8)  # its neighbour count, not TopK's k (it used to overwrite "k" below)
 rec = res["saes"]["sae_4096"]
 print(json.dumps({"k": k, "sae_tokens": tcfg.n_steps * tcfg.batch_size, "lr": tcfg.lr,
                   "dead_window_tokens": tcfg.resolved_dead_window * tcfg.batch_size,

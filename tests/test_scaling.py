@@ -65,6 +65,22 @@ def test_planted_shared_fraction_is_recovered(shared):
     assert matrix is not None and matrix.C.shape == (n, n)
 
 
+def test_matched_figures_above_the_dense_limit(monkeypatch):
+    """Past the Hungarian limit no matrix is kept, and the figures are still universality_figures'."""
+    import splitkit.analyses.universality as U
+
+    rng = np.random.default_rng(4)
+    fire = rng.random((3000, 40)) < 0.05
+    a = sp.csr_matrix((fire * rng.exponential(1.0, fire.shape)).astype(np.float32))
+    b = sp.csr_matrix((a.toarray() * np.exp(rng.normal(0, 0.2, a.shape))).astype(np.float32)[:, rng.permutation(40)])
+    want = universality_figures(a, b, ultralow_density=1e-4)
+    monkeypatch.setattr(U, "DENSE_ASSIGNMENT_LIMIT", 100)
+    fig, table, matrix = matched_figures(a, b, ultralow_density=1e-4)
+    assert matrix is None and table.attrs["assignment"] == "topk"
+    np.testing.assert_array_equal(fig["corr"], want["corr"])
+    assert fig["paper"] == want["paper"] and fig["paper"]["median"] > 0.9
+
+
 def test_paper_exclusion_counts():
     counts = np.array([0, 1, 9, 10, 500])
     assert counted_mask(counts, 1_000_000, 1e-5).tolist() == [False, False, False, True, True]
