@@ -123,10 +123,9 @@ def matched_figures(FA, FB, ultralow_density: float, shuffle_seed: int = 0, k: i
     A, B = correlation.prepare(FA, "acts A"), correlation.prepare(FB, "acts B")
     if one_to_one_method(A.n_cols, B.n_cols) == "dense":
         table, matrix = correlation.match_with_matrix(A, B, k=k)
-        corr = table["corr"].to_numpy(np.float64)
     else:
         table, matrix = correlation.match(A, B, k=k, assignment="topk"), None
-        corr = table["corr"].to_numpy(np.float64)
+    corr = table["corr"].to_numpy(np.float64)  # the best match: max_correlation's top-1 value
     chance = correlation.shuffled_baseline(A, B, seed=shuffle_seed, k=1, dtype=np.float32).value[:, 0]
     return summarize_units(corr, chance.astype(np.float64), A.nnz, A.n_tokens, ultralow_density), table, matrix
 
