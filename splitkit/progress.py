@@ -136,3 +136,26 @@ def write(message: str, progress_bar=None) -> None:
         progress_bar.write(message)
     else:
         print(message, file=sys.stderr, flush=True)
+
+
+class stage:
+    """A line when a stage that has no bar of its own starts, and one with its time when it ends::
+
+        with stage("links of run A", enabled=progress):
+            ...
+
+    prints ``[splitkit] links of run A ...`` and ``[splitkit] links of run A: done in 5m12s``
+    (nothing more if the stage raised)."""
+
+    def __init__(self, what: str, enabled: bool = True):
+        self.what, self.enabled = what, enabled
+
+    def __enter__(self) -> "stage":
+        self.t0 = time.monotonic()
+        if self.enabled:
+            write(f"[splitkit] {self.what} ...")
+        return self
+
+    def __exit__(self, exc_type, *exc) -> None:
+        if self.enabled and exc_type is None:
+            write(f"[splitkit] {self.what}: done in {_duration(time.monotonic() - self.t0)}")

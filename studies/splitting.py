@@ -78,6 +78,7 @@ def main(argv=None) -> int:
         est = budget.splitting_estimate(cfg, scfg, len(runs), len(recipes))
         budget.announce(est, cfg.device, args.no_memory_check)
         from splitkit.pipeline import fit_lm_budget
+        from splitkit.progress import stage
 
         cfg = fit_lm_budget(cfg, progress=not args.quiet)  # the universality study's rule, so the same LMs
         out = Path(args.out)
@@ -90,8 +91,9 @@ def main(argv=None) -> int:
             if i == 0:
                 first = (res, rcfg, extra)
             # summary.json records the config the pipeline ran with (the family's sizes, the analysis tokens)
-            summaries[recipe] = write_splitting(out if i == 0 else out / f"compare_{recipe}", res,
-                                                study_config(rcfg, scfg), scfg, extra)
+            dest = out if i == 0 else out / f"compare_{recipe}"
+            with stage(f"writing tables, figures and graphs to {dest}", not args.quiet):
+                summaries[recipe] = write_splitting(dest, res, study_config(rcfg, scfg), scfg, extra)
         if len(recipes) > 1:  # the main report again, now with the recipes side by side
             res, rcfg, extra = first
             summaries[recipes[0]] = write_splitting(out, res, study_config(rcfg, scfg), scfg, extra,

@@ -54,3 +54,23 @@ def test_short_jobs_stay_quiet_until_min_s(monkeypatch):
     p.close()
     lines = out.getvalue().splitlines()
     assert len(lines) == 2 and "done in" in lines[-1]  # one line at 5 s, one at the end
+
+
+def test_stage_lines_say_start_and_time_and_stay_quiet_when_off_or_failed(capsys, monkeypatch):
+    from splitkit import progress
+
+    clock = iter([100.0, 165.0])
+    monkeypatch.setattr(progress.time, "monotonic", lambda: next(clock, 0.0))
+    with progress.stage("links of run A"):
+        pass
+    err = capsys.readouterr().err.splitlines()
+    assert err == ["[splitkit] links of run A ...", "[splitkit] links of run A: done in 1m05s"]
+    with progress.stage("quiet", enabled=False):
+        pass
+    assert capsys.readouterr().err == ""
+    try:
+        with progress.stage("failing"):
+            raise KeyError("x")
+    except KeyError:
+        pass
+    assert capsys.readouterr().err.splitlines() == ["[splitkit] failing ..."]  # no "done" for a stage that failed

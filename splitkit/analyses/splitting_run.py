@@ -136,9 +136,10 @@ def follow_family(forest: nx.DiGraph, fam_df: pd.DataFrame) -> int | None:
 
 
 def analyse_run(data: RunData, scfg: SplittingConfig, tokens: np.ndarray, decode, vocab_size: int,
-                timings: dict | None = None) -> dict:
+                timings: dict | None = None, progress: bool = False) -> dict:
     """Forest, fates, families, null and listings of one run (no matching, no map)."""
     from ..features import top_tokens
+    from ..progress import stage
 
     timings = {} if timings is None else timings
     r = data.run
@@ -147,14 +148,17 @@ def analyse_run(data: RunData, scfg: SplittingConfig, tokens: np.ndarray, decode
     dens = {s: data.counts[s] / n_tok for s in sizes}
     t = time.perf_counter()
     labels, twin_share, n_clusters = {}, {}, {}
-    for s in sizes:
-        labels[s], twin_share[s], n_clusters[s] = twin_labels(data.acts[s], data.counts[s], scfg.twin_threshold,
-                                                              scfg.twin_k)
+    with stage(f"run {r}: in-dictionary twins of {len(sizes)} sizes", progress):
+        for s in sizes:
+            labels[s], twin_share[s], n_clusters[s] = twin_labels(data.acts[s], data.counts[s], scfg.twin_threshold,
+                                                                  scfg.twin_k)
     timings[f"twins_{r}_s"] = time.perf_counter() - t
     t = time.perf_counter()
-    forest, step_links = S.splitting_forest(data.acts, dens, data.W_dec, run=r, threshold=scfg.threshold, k=scfg.k,
-                                            persist_cos=scfg.persist_cos, split_cover=scfg.split_cover,
-                                            twins=labels, min_cofire=scfg.min_cofire)
+    with stage(f"run {r}: links, forest and fates over {len(sizes) - 1} size steps", progress):
+        forest, step_links = S.splitting_forest(data.acts, dens, data.W_dec, run=r, threshold=scfg.threshold,
+                                                k=scfg.k, persist_cos=scfg.persist_cos,
+                                                split_cover=scfg.split_cover, twins=labels,
+                                                min_cofire=scfg.min_cofire)
     timings[f"links_{r}_s"] = time.perf_counter() - t
     fam_df = S.families(forest)
     steps = S.step_summary(forest, twin_share)
@@ -163,15 +167,16 @@ def analyse_run(data: RunData, scfg: SplittingConfig, tokens: np.ndarray, decode
             steps[s_] = np.nan
     t = time.perf_counter()
     null_rows = []
-    for (lo, hi), df in step_links.items():
-        nulls = {mc: S.null_masked_cos(data.acts[lo], data.acts[hi], seed=0, n_children=scfg.null_children,
-                                       min_cofire=mc) for mc in sorted({scfg.min_cofire, *scfg.null_min_cofire})}
-        row = S.threshold_vs_null(df, nulls[scfg.min_cofire], hi, scfg.threshold)
-        row.update(size=lo, next_size=hi, min_cofire=scfg.min_cofire)
-        for mc in scfg.null_min_cofire:
-            null = nulls[mc]
-            row[f"null_share_linked_mc{mc}"] = float((null >= scfg.threshold).mean()) if len(null) else float("nan")
-        null_rows.append(row)
+    with stage(f"run {r}: shuffled-order null of the links", progress):
+        for (lo, hi), df in step_links.items():
+            nulls = {mc: S.null_masked_cos(data.acts[lo], data.acts[hi], seed=0, n_children=scfg.null_children,
+                                           min_cofire=mc) for mc in sorted({scfg.min_cofire, *scfg.null_min_cofire})}
+            row = S.threshold_vs_null(df, nulls[scfg.min_cofire], hi, scfg.threshold)
+            row.update(size=lo, next_size=hi, min_cofire=scfg.min_cofire)
+            for mc in scfg.null_min_cofire:
+                null = nulls[mc]
+                row[f"null_share_linked_mc{mc}"] = float((null >= scfg.threshold).mean()) if len(null) else float("nan")
+            null_rows.append(row)
     timings[f"null_{r}_s"] = time.perf_counter() - t
     # top tokens of every feature, for node labels; promoted tokens of every node
     top = {s: top_tokens(data.acts[s], tokens, vocab_size, 3) for s in sizes}
@@ -266,6 +271,7 @@ def run_splitting(cfg: Config, scfg: SplittingConfig, runs=("A", "B"), progress:
     """The whole study's data: per run the forest and its tables, A->B universality of splits (both
     runs given), the joint map, timings. Builds whatever upstream is missing; writes nothing."""
     from .. import pipeline as P
+    from ..progress import stage
     from ..tokenizer import decode_tokens
 
     runs = tuple(runs)
@@ -289,7 +295,7 @@ def run_splitting(cfg: Config, scfg: SplittingConfig, runs=("A", "B"), progress:
         if not np.array_equal(tokens, np.asarray(P.get_acts(fcfg, d.seed, "analysis", progress).tokens)):
             raise RuntimeError("analysis stores of A and B hold different tokens; clear the cache folder 'acts'")
     V = int(data.info["vocab_size"])
-    res_runs = {d.run: analyse_run(d, scfg, tokens, decode, V, timings) for d in datas}
+    res_runs = {d.run: analyse_run(d, scfg, tokens, decode, V, timings, progress) for d in datas}
     out = {"runs": res_runs, "sizes": list(scfg.sizes), "n_analysis_tokens": int(len(tokens)),
            "run_info": {d.run: {"seed": d.seed, "family_key": d.family_key, "train": d.train_summary,
                                 "sae": {int(s): d.sae_stats[s] for s in scfg.sizes}} for d in datas},
@@ -297,16 +303,20 @@ def run_splitting(cfg: Config, scfg: SplittingConfig, runs=("A", "B"), progress:
     if len(datas) == 2:
         a, b = datas
         t = time.perf_counter()
-        matches, msum = _match_maps(a, b, scfg.sizes, scfg.match_k)
-        timings["matching_s"] = time.perf_counter() - t
-        m = {s: matches[s] for s in scfg.sizes}
-        out["matches"] = m
-        out["match_corr"] = {s: matches[("corr", s)] for s in scfg.sizes}
-        out["match_summary"] = msum
-        out["split_universality"] = S.split_universality(res_runs["A"]["forest"], res_runs["B"]["forest"], m,
-                                                         n_shuffles=scfg.n_shuffles, seed=0)
+        with stage(f"A to B matching at {len(scfg.sizes)} sizes and the universality of splits", progress):
+            matches, msum = _match_maps(a, b, scfg.sizes, scfg.match_k)
+            timings["matching_s"] = time.perf_counter() - t
+            m = {s: matches[s] for s in scfg.sizes}
+            out["matches"] = m
+            out["match_corr"] = {s: matches[("corr", s)] for s in scfg.sizes}
+            out["match_summary"] = msum
+            out["split_universality"] = S.split_universality(res_runs["A"]["forest"], res_runs["B"]["forest"], m,
+                                                             n_shuffles=scfg.n_shuffles, seed=0)
     t = time.perf_counter()
-    out["map"], out["map_info"] = _joint_map(datas, res_runs, scfg)
+    n_points = sum(int(np.count_nonzero(np.linalg.norm(d.W_dec[s], axis=1) > 0)) for d in datas for s in scfg.sizes)
+    with stage(f"joint UMAP (2-D and {scfg.cluster_dims}-D) and HDBSCAN of {n_points:,} decoder directions",
+               progress):
+        out["map"], out["map_info"] = _joint_map(datas, res_runs, scfg)
     timings["umap_s"] = time.perf_counter() - t
     timings["total_s"] = time.perf_counter() - t_all
     out["timings"] = timings
