@@ -25,9 +25,9 @@ the number of features plus neurons). The default's cold sum, 14 min, is within 
 49 s of ``make run`` from a clean clone (idle, 2026-11-26). A loaded machine is 2-5x slower in wall
 time (the warm default took 10.7 min at a load average of 12); a GPU is much faster at training.
 
-Splitting (``python -m studies.splitting``), not re-measured here: the rates of the study's first
-estimate (``analyses.splitting_run.estimate``): training and encoding as above, the analysis passes (twins, links,
-null, matching) 2.0e-9 s per feature and analysis token, UMAP 4 ms per point; memory the larger of
+Splitting (``python -m studies.splitting``): training and encoding as above, the analysis passes (twins,
+links, null, matching) 2.0e-9 s per feature and analysis token, UMAP 4 ms per point, HDBSCAN 1.2e-8 s
+per pair of mapped points (scikit-learn's tree is built over all pairs); memory the larger of
 training (parameters, gradients, two Adam moments of every size at once, float32) and the analysis
 (every size's CSR activations of every run at ``L0_ASSUMED``, twice for the CSC copies of the
 links, decoders, the UMAP input), plus ``BASE_BYTES``.
@@ -73,6 +73,10 @@ ENCODE_S_PER_FEATURE_TOKEN = 6.1e-9
 UNIV_ANALYSIS_S_PER_TOKEN = 5.5e-5
 LINK_S_PER_FEATURE_TOKEN = 2.0e-9
 UMAP_S_PER_POINT = 4.0e-3
+#: scikit-learn's HDBSCAN builds its tree by Prim's algorithm over all point pairs (O(n^2) distance
+#: evaluations on the 10-D map): 6.4 s for 20,000 points on a loaded core, ~1 h for the paper's
+#: two runs of 512..131,072 (523,264 points)
+HDBSCAN_S_PER_PAIR = 1.2e-8
 
 #: set to 1 (or any non-empty value but 0) to skip the memory guard
 ENV_SKIP = "SPLITKIT_NO_MEMORY_CHECK"
@@ -181,9 +185,10 @@ def splitting_estimate(cfg: Config, scfg: SplittingConfig, n_runs: int = 2, n_re
         "features": n_recipes * n_runs * N * T * ENCODE_S_PER_FEATURE_TOKEN,
         "links": n_recipes * n_runs * N * T * LINK_S_PER_FEATURE_TOKEN,
         "umap": n_recipes * n_runs * N * UMAP_S_PER_POINT,
+        "clusters": n_recipes * (n_runs * N) ** 2 * HDBSCAN_S_PER_PAIR,
     }
     lower = "--analysis-tokens or the largest of --sizes" if analysis >= train else "the largest of --sizes"
-    warm = stages["links"] + stages["umap"]
+    warm = stages["links"] + stages["umap"] + stages["clusters"]
     return Estimate("splitting", int(peak), sum(stages.values()), warm, lower, mem, stages,
                     device_bytes=_device_bytes(cfg, sizes))
 

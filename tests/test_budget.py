@@ -48,6 +48,10 @@ def test_splitting_parts_grow_with_the_family():
     assert small.stages["dicts"] == pytest.approx(2 * sum(small_s.sizes) * cfg.dict.n_tokens * 9.0e-9)
     big = budget.splitting_estimate(cfg, paper_s)
     assert big.peak_bytes > small.peak_bytes and big.time_s > small.time_s
+    # HDBSCAN's tree is quadratic in the mapped points: the paper's family is ~100x the default's points
+    ratio = (sum(paper_s.sizes) / sum(small_s.sizes)) ** 2
+    assert big.stages["clusters"] == pytest.approx(ratio * small.stages["clusters"])
+    assert big.stages["clusters"] == pytest.approx((2 * 261_632) ** 2 * budget.HDBSCAN_S_PER_PAIR)
     two = budget.splitting_estimate(cfg, small_s, n_recipes=2)
     assert two.time_s == pytest.approx(2 * small.time_s)
 

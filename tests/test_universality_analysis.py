@@ -267,8 +267,16 @@ def _losses(model, tokens, edit):
         return float(torch.nn.functional.cross_entropy(logits.reshape(-1, VOCAB), w[:, 1:].reshape(-1)))
 
 
-def test_evaluate_sae_loss_recovered_hand_computable():
+@pytest.mark.parametrize("sparse_decode", [False, True])
+def test_evaluate_sae_loss_recovered_hand_computable(sparse_decode):
+    from functools import partial
+
+    from splitkit.features import HAVE_NUMBA
     from splitkit.metrics import evaluate_sae
+
+    if sparse_decode and not HAVE_NUMBA:
+        pytest.skip("the sparse decode needs numba")
+    evaluate_sae = partial(evaluate_sae, sparse_decode=sparse_decode)
 
     model = _tiny_lm()
     tokens = _own_tokens(model, 40, seed=2)
@@ -332,3 +340,23 @@ def test_decoder_block_maps_b_neuron_basis_and_finds_the_permuted_decoder():
     assert y["features"]["share_above"] == 1.0 and y["random"]["share_above"] < 0.3
     assert y["neurons"]["n"] == D_MLP - 1 and y["neurons"]["share_above"] == 1.0  # neuron 0 of A is dead
     assert U.decoder_block(dataclasses.replace(a, W_dec=None), b, alive_a, alive_b) is None
+
+
+def test_evaluate_sae_sparse_decode_matches_dense_on_a_random_dictionary():
+    from splitkit.features import HAVE_NUMBA
+    from splitkit.metrics import evaluate_sae
+
+    if not HAVE_NUMBA:
+        pytest.skip("the sparse decode needs numba")
+    model = _tiny_lm()
+    tokens = _own_tokens(model, 40, seed=3)
+    rng = np.random.default_rng(0)
+    n = 96
+    sae = _sae(rng.normal(size=(D_MLP, n)), rng.normal(-1.0, 0.5, n), rng.normal(size=(n, D_MLP)),
+               rng.normal(size=D_MLP))
+    dense = evaluate_sae(model, sae, tokens, 8 * 40, torch.zeros(D_MLP), sparse_decode=False)
+    sparse = evaluate_sae(model, sae, tokens, 8 * 40, torch.zeros(D_MLP), sparse_decode=True)
+    assert 1 < dense["l0"] < n - 1  # some fire, not all
+    assert sparse["l0"] == dense["l0"]
+    for key in ("mse", "fvu", "loss_sae", "loss_recovered_zero", "loss_recovered_mean"):
+        assert sparse[key] == pytest.approx(dense[key], rel=1e-5, abs=1e-7), key

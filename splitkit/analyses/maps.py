@@ -12,6 +12,7 @@ machine; HDBSCAN is deterministic given its input.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 
 import networkx as nx
@@ -84,9 +85,14 @@ def joint_map(decoders: Mapping[tuple[str, int], np.ndarray], *, n_neighbors: in
     n_sizes = len({s for _, s, _ in meta})
     md = paper_min_dist(n_sizes) if min_dist is None else float(min_dist)
     cmd = md if cluster_min_dist is None else float(cluster_min_dist)
+    t0 = time.perf_counter()
     xy = _umap(X, 2, n_neighbors, md, seed, n_jobs)
+    t1 = time.perf_counter()
     emb = xy if cluster_dims == 0 else _umap(X, cluster_dims, n_neighbors, cmd, seed, n_jobs)
+    t2 = time.perf_counter()
+    # Prim's tree over all pairs: O(n^2), about an hour at half a million points (budget.HDBSCAN_S_PER_PAIR)
     labels = HDBSCAN(min_cluster_size=min_cluster_size, copy=True).fit_predict(emb)
+    t3 = time.perf_counter()
     df = pd.DataFrame({
         "node": [f"{r}/{s}/{f}" for r, s, ids in meta for f in ids.tolist()],
         "run": np.concatenate([[r] * len(ids) for r, _, ids in meta]),
@@ -95,7 +101,9 @@ def joint_map(decoders: Mapping[tuple[str, int], np.ndarray], *, n_neighbors: in
         "x": xy[:, 0], "y": xy[:, 1], "cluster": labels.astype(np.int64),
     })
     df.attrs.update(metric="cosine", n_neighbors=int(n_neighbors), min_dist=md, cluster_dims=int(cluster_dims),
-                    cluster_min_dist=cmd, min_cluster_size=int(min_cluster_size), seed=int(seed), n_jobs=int(n_jobs))
+                    cluster_min_dist=cmd, min_cluster_size=int(min_cluster_size), seed=int(seed), n_jobs=int(n_jobs),
+                    seconds={"umap_2d": round(t1 - t0, 1), "umap_cluster_map": round(t2 - t1, 1),
+                             "hdbscan": round(t3 - t2, 1)})
     return df
 
 

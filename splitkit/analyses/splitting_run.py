@@ -321,39 +321,3 @@ def run_splitting(cfg: Config, scfg: SplittingConfig, runs=("A", "B"), progress:
     timings["total_s"] = time.perf_counter() - t_all
     out["timings"] = timings
     return out
-
-
-# Rates behind :func:`estimate`, measured on this project's 2-core machine when idle
-# (docs/performance.md and docs/bench/splitting.json); a loaded machine is 2-5x slower.
-TRAIN_S_PER_FEATURE_TOKEN = 9.0e-9  # family training: 2,048 features x 2M tokens in 37 s
-ENCODE_S_PER_FEATURE_TOKEN = 6.1e-9  # feature activations: 4,096 features x 4M tokens in 100 s
-UMAP_S_PER_POINT = 4.0e-3  # 2-D plus 10-D UMAP of the joint map, per decoder direction
-LINK_S_PER_FEATURE_TOKEN = 2.0e-9  # twins, links, null and matching together, per feature and analysis token
-L0_PER_SIZE = 32  # firings per token and dictionary assumed for memory (measured 15-25 at the default)
-
-
-def estimate(cfg: Config, scfg: SplittingConfig, n_runs: int = 2) -> dict:
-    """Rough time (s, cold, idle machine) and peak memory (bytes) of the study, from per-feature rates.
-
-    Time: training ``sum(sizes) * sae_tokens * rate`` per run, encoding ``sum(sizes) * analysis
-    tokens * rate`` per run, the analysis passes likewise, UMAP per mapped point. Memory: the larger
-    of training (parameters, gradients and two Adam moments, float32, for every size at once) and
-    the analysis (every run's CSR activations at ``L0_PER_SIZE`` firings per token and size, twice
-    for the CSC copy the links make, decoders, and the UMAP input in float64).
-    """
-    n_feat = int(sum(scfg.sizes))
-    d = cfg.model.d_mlp
-    T = int(scfg.analysis_tokens)
-    t_train = n_runs * n_feat * cfg.dict.n_tokens * TRAIN_S_PER_FEATURE_TOKEN
-    t_enc = n_runs * n_feat * T * ENCODE_S_PER_FEATURE_TOKEN
-    t_link = n_runs * n_feat * T * LINK_S_PER_FEATURE_TOKEN
-    t_umap = n_runs * n_feat * UMAP_S_PER_POINT
-    mem_train = n_feat * d * 4 * 8 + cfg.dict.batch_size * (n_feat // max(len(scfg.sizes), 1)) * 4 * 3
-    nnz = n_runs * len(scfg.sizes) * T * L0_PER_SIZE
-    mem_an = nnz * 8 * 2 + n_runs * n_feat * d * (4 + 8) + n_runs * n_feat * scfg.umap_neighbors * 8 * 20
-    return {"time_s": t_train + t_enc + t_link + t_umap, "train_s": t_train, "features_s": t_enc, "links_s": t_link,
-            "umap_s": t_umap, "peak_bytes": int(max(mem_train, mem_an) + (1 << 30)), "train_bytes": int(mem_train),
-            "analysis_bytes": int(mem_an), "n_features_per_run": n_feat,
-            "how": "per-feature rates measured idle on the 2-core machine (splitting_run.*_S_PER_*); memory from "
-                   "array sizes (training state of every size, CSR activations at L0 32 per size, UMAP input) "
-                   "plus 1 GiB for the interpreter and libraries"}
