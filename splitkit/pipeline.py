@@ -27,7 +27,7 @@ log = logging.getLogger("splitkit")
 # Code versions of each stage: bump when the stage's output for the same config would change.
 # acts 3: shards stored as CSR (the same values bit for bit, other files), see activations.py.
 VERSIONS = {"tokens": 2, "tokens_extra": 1, "lm": 1, "acts": 3, "dicts": 1, "sae_eval": 1, "features": 1,
-            "effects": 1}
+            "effects": 1, "maps": 1}
 
 
 class PipelineError(RuntimeError):
@@ -710,3 +710,30 @@ def get_record(cfg: Config, stage: str, params: dict, inputs: dict[str, str], ve
     """The cache entry of a record of ``stage`` computed with ``params`` from the artifacts ``inputs``
     (stage keys); ``version``: the computing code's version, bumped when its figures would change."""
     return Record(_cache(cfg).artifact(stage, params, inputs, version))
+
+
+def get_joint_map(cfg: Config, family_keys: dict[str, str], settings: dict, build, progress: bool = True):
+    """A joint map of decoder directions (``analyses.maps.joint_map``'s DataFrame), cached.
+
+    ``family_keys``: ``{run: family key}`` of the dictionaries mapped; ``settings``: everything else
+    the map depends on (sizes, UMAP and HDBSCAN settings, which rows); ``build()`` makes the map
+    when the cache has none. At the paper's sizes the map takes over an hour, so a study that
+    fails after it finds it here on the next run.
+    """
+    import pandas as pd
+
+    deps = {f"dicts_{r}": k for r, k in sorted(family_keys.items())}
+    art = _cache(cfg).artifact("maps", settings, deps, VERSIONS["maps"])
+    if _ready(art):
+        df = read_artifact_file(art.path / "map.parquet", pd.read_parquet)
+        df.attrs.update(read_artifact_file(art.path / "attrs.json", lambda p: json.loads(p.read_text())))
+        return df
+    df = build()
+    work = art.begin(resume=False)
+    df.to_parquet(work / "map.parquet", index=False)
+    atomic_write_json(work / "attrs.json", dict(df.attrs))
+    art.seal()
+    if progress:
+        _say(f"joint map of {len(df):,} directions cached in {art.path}")
+    return df
+

@@ -96,3 +96,44 @@ def test_cluster_purity_by_hand():
     # one family cut into clusters is still pure (purity does not punish splitting; ami does)
     split = M.cluster_purity(np.array([0, 0, 0, 1, 2]), np.zeros(5, int))
     assert split["purity"] == 1.0
+
+
+def test_cluster_purity_by_hand_and_past_the_ami_limit(monkeypatch):
+    # clusters 0: labels a a b; 1: b b; 2: c; noise and unlabelled points left out
+    clusters = np.array([0, 0, 0, 1, 1, 2, -1, 2])
+    labels = np.array([5, 5, 7, 7, 7, 9, 5, -1])
+    res = M.cluster_purity(clusters, labels)
+    assert res["purity"] == pytest.approx(5 / 6) and res["n_clusters"] == 3 and res["n_points"] == 6
+    assert res["noise_share"] == pytest.approx(1 / 8)
+    assert 0 < res["nmi"] < 1 and np.isfinite(res["ami"])
+    monkeypatch.setattr(M, "AMI_MAX_PAIRS", 8)  # 3 clusters x 3 labels = 9 cells
+    big = M.cluster_purity(clusters, labels)
+    assert np.isnan(big["ami"]) and "ami_skipped" in big
+    assert big["purity"] == res["purity"] and big["nmi"] == res["nmi"]
+
+
+def test_joint_map_is_cached_and_read_back_equal(tmp_path):
+    import pandas as pd
+
+    from splitkit import pipeline as P
+    from splitkit.config import get_preset
+
+    cfg = get_preset("smoke").replace(cache_dir=str(tmp_path / "cache"))
+    calls = []
+
+    def build():
+        calls.append(1)
+        df = pd.DataFrame({"node": ["A/4/0", "A/4/1"], "run": ["A", "A"], "size": [4, 4], "feature": [0, 1],
+                           "x": [0.5, -1.25], "y": [2.0, 3.0], "cluster": [0, -1]})
+        df.attrs.update(metric="cosine", seconds={"hdbscan": 1.5})
+        return df
+
+    keys, settings = {"A": "fam-a"}, {"sizes": [4], "n_neighbors": 15}
+    first = P.get_joint_map(cfg, keys, settings, build, progress=False)
+    again = P.get_joint_map(cfg, keys, settings, build, progress=False)
+    assert calls == [1]  # the second call read the cache
+    pd.testing.assert_frame_equal(first, again)
+    assert again.attrs == first.attrs
+    P.get_joint_map(cfg, keys, {**settings, "n_neighbors": 5}, build, progress=False)
+    P.get_joint_map(cfg, {"A": "fam-other"}, settings, build, progress=False)
+    assert calls == [1, 1, 1]  # other settings or other dictionaries: built again

@@ -234,17 +234,23 @@ def _match_maps(a: RunData, b: RunData, sizes, k: int) -> tuple[dict, dict]:
     return matches, summ
 
 
-def _joint_map(datas: list[RunData], res_runs: dict, scfg: SplittingConfig) -> tuple[pd.DataFrame, dict]:
-    """The joint UMAP of every size of every run, with families and purity."""
+def _joint_map(datas: list[RunData], res_runs: dict, scfg: SplittingConfig, fcfg: Config,
+               progress: bool = False) -> tuple[pd.DataFrame, dict]:
+    """The joint UMAP of every size of every run (cached: ``pipeline.get_joint_map``), with families and purity."""
+    from .. import pipeline as P
+
     decs, feats = {}, {}
     for d in datas:
         for s in scfg.sizes:
             W = d.W_dec[s]
             decs[(d.run, s)] = W
             feats[(d.run, s)] = np.flatnonzero(np.linalg.norm(W, axis=1) > 0)
-    m = maps.joint_map(decs, n_neighbors=scfg.umap_neighbors, min_dist=scfg.umap_min_dist,
-                       cluster_dims=scfg.cluster_dims, min_cluster_size=scfg.min_cluster_size, seed=scfg.umap_seed,
-                       features=feats)
+    settings = {"sizes": [int(s) for s in scfg.sizes], "rows": "decoder rows of nonzero norm",
+                "n_neighbors": scfg.umap_neighbors, "min_dist": scfg.umap_min_dist, "cluster_dims": scfg.cluster_dims,
+                "min_cluster_size": scfg.min_cluster_size, "seed": scfg.umap_seed}
+    m = P.get_joint_map(fcfg, {d.run: d.family_key for d in datas}, settings, lambda: maps.joint_map(
+        decs, n_neighbors=scfg.umap_neighbors, min_dist=scfg.umap_min_dist, cluster_dims=scfg.cluster_dims,
+        min_cluster_size=scfg.min_cluster_size, seed=scfg.umap_seed, features=feats), progress)
     fam = np.full(len(m), -1, np.int64)
     multi = np.zeros(len(m), bool)
     for r, res in res_runs.items():
@@ -316,7 +322,7 @@ def run_splitting(cfg: Config, scfg: SplittingConfig, runs=("A", "B"), progress:
     n_points = sum(int(np.count_nonzero(np.linalg.norm(d.W_dec[s], axis=1) > 0)) for d in datas for s in scfg.sizes)
     with stage(f"joint UMAP (2-D and {scfg.cluster_dims}-D) and HDBSCAN of {n_points:,} decoder directions",
                progress):
-        out["map"], out["map_info"] = _joint_map(datas, res_runs, scfg)
+        out["map"], out["map_info"] = _joint_map(datas, res_runs, scfg, fcfg, progress)
     timings["umap_s"] = time.perf_counter() - t
     timings["total_s"] = time.perf_counter() - t_all
     out["timings"] = timings

@@ -383,8 +383,10 @@ def _report(summary: dict, res: dict, compare: dict | None) -> str:
           f"Joint UMAP of every size of every run (cosine, n_neighbors {s['map']['settings']['n_neighbors']}, "
           f"min_dist {s['map']['settings']['min_dist']}); HDBSCAN (min_cluster_size "
           f"{s['map']['settings']['min_cluster_size']}) on a {s['map']['settings']['cluster_dims']}-D UMAP. "
-          f"Cluster purity with respect to forest families: **{_fmt(pur['all']['purity'])}** (AMI "
-          f"{_fmt(pur['all']['ami'])}, {pur['all']['n_clusters']} clusters, noise {_fmt(pur['all']['noise_share'])}); "
+          f"Cluster purity with respect to forest families: **{_fmt(pur['all']['purity'])}** (NMI "
+          f"{_fmt(pur['all'].get('nmi', float('nan')))}, AMI {_fmt(pur['all']['ami'])}"
+          f"{' (' + pur['all']['ami_skipped'] + ')' if 'ami_skipped' in pur['all'] else ''}, "
+          f"{pur['all']['n_clusters']} clusters, noise {_fmt(pur['all']['noise_share'])}); "
           f"over features of families of two or more nodes {_fmt(pur['multi_node_families']['purity'])}.", "",
           "![map by size](map_by_size.png)", "", "![map by run](map_by_run.png)", ""]
     for r in s["runs"]:
