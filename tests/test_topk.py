@@ -74,3 +74,17 @@ def test_latents_that_go_dead_get_fresh_adam_moments():
     recipe.before_step(m, None, 11, TrainerConfig(recipe="topk", n_steps=40, batch_size=32, dead_window=5,
                                                   aux_coeff=0.0))
     assert torch.count_nonzero(st[sae.W_dec]["exp_avg"][2]) == d
+
+
+def test_topk_takes_k_aux_as_twice_k_unless_the_config_names_one(monkeypatch):
+    from splitkit.train import recipes
+
+    seen = []
+    monkeypatch.setattr(recipes, "sae_step", lambda *a, **kw: seen.append(kw["aux_k"]))
+    sae = SparseAutoencoder(SAEConfig(d_in=D_IN, n_features=64, architecture="topk", k=5))
+    recipe = get_recipe("topk")
+    x = torch.zeros(4, D_IN)
+    for aux_k in (None, 7):
+        cfg = TrainerConfig(recipe="topk", n_steps=10, batch_size=4, aux_k=aux_k)
+        recipe.step(sae, x, cfg, l1_coeff=0.0, mm_dtype=torch.float32, dead_mask=None, buffers=None)
+    assert seen == [10, 7]  # 2k by default (docs/recipes.md: d_in / 2 left half the latents dead)
