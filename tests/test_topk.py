@@ -76,7 +76,7 @@ def test_latents_that_go_dead_get_fresh_adam_moments():
     assert torch.count_nonzero(st[sae.W_dec]["exp_avg"][2]) == d
 
 
-def test_topk_takes_k_aux_as_twice_k_unless_the_config_names_one(monkeypatch):
+def test_topk_takes_k_aux_32_unless_the_config_names_one(monkeypatch):
     from splitkit.train import recipes
 
     seen = []
@@ -87,4 +87,4 @@ def test_topk_takes_k_aux_as_twice_k_unless_the_config_names_one(monkeypatch):
     for aux_k in (None, 7):
         cfg = TrainerConfig(recipe="topk", n_steps=10, batch_size=4, aux_k=aux_k)
         recipe.step(sae, x, cfg, l1_coeff=0.0, mm_dtype=torch.float32, dead_mask=None, buffers=None)
-    assert seen == [10, 7]  # 2k by default (docs/recipes.md: d_in / 2 left half the latents dead)
+    assert seen == [32, 7]  # 32 by default (docs/recipes.md: d_in / 2 left half the latents dead)

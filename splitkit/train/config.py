@@ -19,7 +19,7 @@ class TrainerConfig:
     recipe: a registered recipe's name ("paper", "l1_decnorm", "topk": :mod:`.recipes`). lr: Adam step size (the paper
     does not state it). l1_coeff: lambda (0.004 is the paper's value for A/5; unused by topk).
     k: topk's k (None: each dictionary's own ``cfg.k``). aux_k / aux_coeff: AuxK's k_aux (None:
-    the recipe's, 2k for topk; Gao et al.'s d_in // 2 when a recipe has none) and weight. n_steps: steps of ``batch_size`` tokens (the source's batch size is what
+    the recipe's, 32 for topk; Gao et al.'s d_in // 2 when a recipe has none) and weight. n_steps: steps of ``batch_size`` tokens (the source's batch size is what
     is used). resample_steps: paper recipe; None means ``resample_fracs`` of n_steps. dead_window:
     steps without firing after which a feature counts as dead (None: 2.5% of n_steps, half the
     default resample spacing, like the paper's 12.5k of 25k); firing counts are also accumulated
