@@ -47,7 +47,7 @@ def random_sae(model, tokens: np.ndarray, n: int, l0: float, seed: int):
 
 
 def main(argv=None) -> dict:
-    from matching import cpu_info, git_rev, versions
+    from matching import cpu_info, git_rev, versions, write_result
 
     from splitkit.config import ModelConfig
     from splitkit.metrics import evaluate_sae
@@ -83,11 +83,7 @@ def main(argv=None) -> dict:
     res = {"bench": "evaluate_sae", "revision": git_rev(), "command": "python " + " ".join([sys.argv[0], *sys.argv[1:]]),
            "eval_tokens": a.tokens, "target_l0": a.l0, "torch_threads": torch.get_num_threads(), "runs": rows,
            "versions": versions(), "cpu": cpu_info()}
-    if a.out != "none":
-        Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(a.out).with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(res, indent=1) + "\n")
-        tmp.replace(a.out)
+    write_result(res, a.out)
     return res
 
 

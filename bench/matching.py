@@ -385,6 +385,16 @@ def versions() -> dict:
     }
 
 
+def write_result(res: dict, out: str) -> None:
+    """Write a benchmark's JSON record to ``out`` atomically (``"none"``: do not write)."""
+    if out == "none":
+        return
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(out).with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(res, indent=1) + "\n")
+    tmp.replace(out)
+
+
 def cpu_info() -> dict:
     model = "unknown"
     try:
