@@ -26,7 +26,7 @@ the number of features plus neurons). The default's cold sum, 14 min, is within 
 time (the warm default took 10.7 min at a load average of 12); a GPU is much faster at training.
 
 Splitting (``python -m studies.splitting``): training and encoding as above, the analysis passes (twins,
-links, null, matching) 2.0e-9 s per feature and analysis token, UMAP 4 ms per point, HDBSCAN 1.2e-8 s
+links, null, matching) 2.0e-9 s per feature and analysis token, UMAP 4 ms per point, HDBSCAN 7.4e-9 s
 per pair of mapped points (scikit-learn's tree is built over all pairs); memory the larger of
 training (parameters, gradients, two Adam moments of every size at once, float32) and the analysis
 (every size's CSR activations of every run at ``L0_ASSUMED``, twice for the CSC copies of the
@@ -74,9 +74,9 @@ UNIV_ANALYSIS_S_PER_TOKEN = 5.5e-5
 LINK_S_PER_FEATURE_TOKEN = 2.0e-9
 UMAP_S_PER_POINT = 4.0e-3
 #: scikit-learn's HDBSCAN builds its tree by Prim's algorithm over all point pairs (O(n^2) distance
-#: evaluations on the 10-D map): 6.4 s for 20,000 points on a loaded core, ~1 h for the paper's
+#: evaluations on the 10-D map): measured 2,038 s for the paper's
 #: two runs of 512..131,072 (523,264 points)
-HDBSCAN_S_PER_PAIR = 1.2e-8
+HDBSCAN_S_PER_PAIR = 7.4e-9
 
 #: set to 1 (or any non-empty value but 0) to skip the memory guard
 ENV_SKIP = "SPLITKIT_NO_MEMORY_CHECK"
