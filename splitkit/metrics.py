@@ -44,7 +44,8 @@ def evaluate_sae(model: Transformer, sae: SparseAutoencoder, tokens: np.ndarray,
     (default: ReLU dictionaries of ``SPARSE_DECODE_MIN`` features or more, on the CPU with numba)
     decodes from CSR codes instead of the dense ``[tokens, n]`` activations.
     """
-    from .features import HAVE_NUMBA, _encode_blocks
+    from .features import HAVE_NUMBA, encode_sparse
+
     d = model.cfg.d_mlp
     if sae.d_in != d:
         raise ValueError(f"dictionary width d_in={sae.d_in} does not match the model's d_mlp={d}")
@@ -70,7 +71,7 @@ def evaluate_sae(model: Transformer, sae: SparseAutoencoder, tokens: np.ndarray,
         x_in, y = win[:, :-1], win[:, 1:]
         acts = model.mlp_acts(x_in).reshape(-1, d)
         if sparse_decode:
-            F = _encode_blocks(sae, [acts.float().cpu().numpy()], acts.shape[0], "cpu", torch.float32, False)
+            F = encode_sparse(sae, acts.float().cpu().numpy())  # fp32, the fused ReLU-to-CSR kernel
             x_hat = torch.from_numpy(np.asarray(F @ W_dec_np, dtype=np.float32)).add_(sae.b_dec.detach())
             l0 = F.nnz
         else:

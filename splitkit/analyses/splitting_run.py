@@ -238,6 +238,7 @@ def _joint_map(datas: list[RunData], res_runs: dict, scfg: SplittingConfig, fcfg
                progress: bool = False) -> tuple[pd.DataFrame, dict]:
     """The joint UMAP of every size of every run (cached: ``pipeline.get_joint_map``), with families and purity."""
     from .. import pipeline as P
+    from ..progress import stage
 
     decs, feats = {}, {}
     for d in datas:
@@ -248,9 +249,12 @@ def _joint_map(datas: list[RunData], res_runs: dict, scfg: SplittingConfig, fcfg
     settings = {"sizes": [int(s) for s in scfg.sizes], "rows": "decoder rows of nonzero norm",
                 "n_neighbors": scfg.umap_neighbors, "min_dist": scfg.umap_min_dist, "cluster_dims": scfg.cluster_dims,
                 "min_cluster_size": scfg.min_cluster_size, "seed": scfg.umap_seed}
-    m = P.get_joint_map(fcfg, {d.run: d.family_key for d in datas}, settings, lambda: maps.joint_map(
-        decs, n_neighbors=scfg.umap_neighbors, min_dist=scfg.umap_min_dist, cluster_dims=scfg.cluster_dims,
-        min_cluster_size=scfg.min_cluster_size, seed=scfg.umap_seed, features=feats), progress)
+    n_points = sum(len(f) for f in feats.values())
+    with stage(f"joint UMAP (2-D and {scfg.cluster_dims}-D) and HDBSCAN of {n_points:,} decoder directions",
+               progress):
+        m = P.get_joint_map(fcfg, {d.run: d.family_key for d in datas}, settings, lambda: maps.joint_map(
+            decs, n_neighbors=scfg.umap_neighbors, min_dist=scfg.umap_min_dist, cluster_dims=scfg.cluster_dims,
+            min_cluster_size=scfg.min_cluster_size, seed=scfg.umap_seed, features=feats), progress)
     fam = np.full(len(m), -1, np.int64)
     multi = np.zeros(len(m), bool)
     for r, res in res_runs.items():
@@ -319,10 +323,7 @@ def run_splitting(cfg: Config, scfg: SplittingConfig, runs=("A", "B"), progress:
             out["split_universality"] = S.split_universality(res_runs["A"]["forest"], res_runs["B"]["forest"], m,
                                                              n_shuffles=scfg.n_shuffles, seed=0)
     t = time.perf_counter()
-    n_points = sum(int(np.count_nonzero(np.linalg.norm(d.W_dec[s], axis=1) > 0)) for d in datas for s in scfg.sizes)
-    with stage(f"joint UMAP (2-D and {scfg.cluster_dims}-D) and HDBSCAN of {n_points:,} decoder directions",
-               progress):
-        out["map"], out["map_info"] = _joint_map(datas, res_runs, scfg, fcfg, progress)
+    out["map"], out["map_info"] = _joint_map(datas, res_runs, scfg, fcfg, progress)
     timings["umap_s"] = time.perf_counter() - t
     timings["total_s"] = time.perf_counter() - t_all
     out["timings"] = timings
