@@ -101,3 +101,26 @@ def test_damaged_features_file_under_a_rebuilt_manifest_is_one_line(tmp_path):
     with pytest.raises(P.PipelineError, match=r"features.npz is unreadable .*delete .* and the stage is rebuilt") as e:
         fs.acts()
     assert "\n" not in str(e.value)
+
+
+def test_atomic_writes_get_the_mode_of_a_plain_open_and_leave_nothing_on_failure(tmp_path):
+    import networkx as nx
+    import pandas as pd
+
+    from splitkit.report.common import write_table
+    from splitkit.report.graphs import write_gexf
+
+    plain = tmp_path / "plain.txt"
+    plain.write_text("x")  # what open() gives under this process's umask
+    want = plain.stat().st_mode & 0o777
+    C.atomic_write_json(tmp_path / "a.json", {"a": 1})
+    write_gexf(nx.path_graph(3), tmp_path / "g.gexf")
+    write_table(pd.DataFrame({"a": [1, 2]}), tmp_path / "t", csv=True)
+    for name in ("a.json", "g.gexf", "t.parquet", "t.csv"):
+        assert (tmp_path / name).stat().st_mode & 0o777 == want, name  # mkstemp alone gives 0600
+    with pytest.raises(RuntimeError):
+        with C.atomic_path(tmp_path / "b.json") as tmp:
+            tmp.write_text("half")
+            raise RuntimeError("writer died")
+    assert not (tmp_path / "b.json").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.json", "g.gexf", "plain.txt", "t.csv", "t.parquet"]

@@ -171,6 +171,15 @@ def test_html_text_and_attributes(text):
 
 def test_clean_text_replaces_controls():
     assert clean_text("a\x00b\x1bc\x7fd\x85e\ud800f\tg\r\nh\ri") == "a\ufffdb\ufffdc\ufffdd\ufffde\ufffdf\tg\nh\ni"
+
+
+def test_clean_text_replaces_bidi_controls():
+    # an RLO in a token would display the rest of a label or table row reversed ("Trojan source")
+    assert clean_text("exe.\u202etxt") == "exe.\ufffdtxt"
+    assert clean_text("\u202a\u202b\u202c\u202d\u2066\u2067\u2068\u2069") == "\ufffd" * 8
+    # ordinary right-to-left text and the zero-width joiner are text, not controls: kept
+    assert clean_text("\u05e9\u05dc\u05d5\u05dd \u200d") == "\u05e9\u05dc\u05d5\u05dd \u200d"
+    assert one_line("a\u202eb") == "a\ufffdb"
     assert one_line("a\nb\tc") == "a\u23ceb c"
     with pytest.raises(ValueError, match="expected text"):
         clean_text(3)

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from ..cache import atomic_path
 from .escape import csv_safe
 
 
@@ -24,15 +23,8 @@ def write_table(df: pd.DataFrame, path: Path, csv: bool = True) -> None:
                            (".csv", lambda p: csv_safe(df).to_csv(p, index=False))):
         if suffix == ".csv" and not csv:
             continue
-        target = path.with_suffix(suffix)
-        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-        os.close(fd)
-        try:
+        with atomic_path(path.with_suffix(suffix)) as tmp:
             writer(tmp)
-            os.replace(tmp, target)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
 
 
 def save_figure(fig, path_stem: Path) -> list[str]:
@@ -44,10 +36,8 @@ def save_figure(fig, path_stem: Path) -> list[str]:
     names = []
     for ext in ("png", "svg"):
         target = path_stem.with_suffix(f".{ext}")
-        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=f".{ext}")
-        os.close(fd)
-        fig.savefig(tmp, dpi=130, bbox_inches="tight", format=ext)
-        os.replace(tmp, target)
+        with atomic_path(target, suffix=f".{ext}") as tmp:
+            fig.savefig(tmp, dpi=130, bbox_inches="tight", format=ext)
         names.append(target.name)
     plt.close(fig)
     return names

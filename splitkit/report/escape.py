@@ -5,8 +5,10 @@ Every function takes the raw text and returns text that shows the same character
 in that format, never as markup. Conventions shared by all of them:
 
 - ``clean_text`` first: characters that XML 1.0 forbids or a terminal would act on (C0 controls other
-  than tab/LF/CR, DEL, C1 controls, lone surrogates, U+FFFE/U+FFFF) become U+FFFD, and CRLF/CR become
-  LF. A NUL or an ESC from a corpus cannot end up in a file or on a terminal.
+  than tab/LF/CR, DEL, C1 controls, lone surrogates, U+FFFE/U+FFFF) and the bidirectional embedding,
+  override and isolate controls (U+202A-U+202E, U+2066-U+2069), which reorder the text shown after
+  them in a label, a table or Gephi, become U+FFFD; CRLF/CR become LF. A NUL, an ESC or a
+  right-to-left override from a corpus cannot end up in a file or on a terminal.
 - One-line formats (Markdown inline text, table cells, code spans, plot labels) show a line break as
   ``⏎`` (U+23CE) and a tab as a space, so a token ``"\\n"`` stays visible and cannot end a table row.
 - The Markdown helpers return :class:`Markdown`, a ``str`` marking text that is already safe, so
@@ -23,8 +25,9 @@ from collections.abc import Iterable
 REPLACEMENT = "\ufffd"
 NEWLINE_MARK = "\u23ce"
 
-# C0 except \t \n \r, DEL, C1, lone surrogates, the two non-characters XML 1.0 excludes.
-_CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ud800-\udfff\ufffe\uffff]")
+# C0 except \t \n \r, DEL, C1, lone surrogates, the two non-characters XML 1.0 excludes, and the bidi
+# embedding/override/isolate controls (a token "\u202e" would show the rest of its line reversed).
+_CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ud800-\udfff\ufffe\uffff\u202a-\u202e\u2066-\u2069]")
 # Backslash-escaped wherever they appear: code, emphasis, links, tables, strikethrough, math ($ on
 # GitHub), headings. ``<``, ``>`` and ``&`` are written as entities instead (see md_text).
 _MD_PUNCT = re.compile(r"([\\`*_\[\]|~$#])")

@@ -24,7 +24,7 @@ import networkx as nx
 import numpy as np
 import pandas as pd
 
-from ..cache import atomic_write_bytes, atomic_write_json
+from ..cache import atomic_path, atomic_write_bytes, atomic_write_json
 from ..provenance import provenance
 from .common import jsonable, save_figure, write_table
 from .escape import Markdown, csv_safe, md_code, md_row, md_text, mpl_text
@@ -48,9 +48,8 @@ def write_tables(df: pd.DataFrame, stem: Path, csv: bool = True) -> None:
             if col in LIST_COLUMNS or (len(c) and isinstance(c[col].iloc[0], (list, tuple, np.ndarray))):
                 c[col] = [json.dumps(jsonable(v)) for v in c[col]]
         c = csv_safe(c)
-        tmp = stem.with_suffix(".csv.tmp")
-        c.to_csv(tmp, index=False)
-        tmp.replace(stem.with_suffix(".csv"))
+        with atomic_path(stem.with_suffix(".csv")) as tmp:
+            c.to_csv(tmp, index=False)
 
 
 def show_token(text: str) -> str:

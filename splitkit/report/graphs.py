@@ -47,16 +47,14 @@ never written: a float32 value read as a double is the same number. What the GEX
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 import xml.etree.ElementTree as ET
 from collections.abc import Mapping
-from contextlib import contextmanager
 from pathlib import Path
 
 import networkx as nx
 import numpy as np
 
+from ..cache import atomic_path
 from .escape import clean_text
 
 GEXF_NS = "http://gexf.net/1.3"
@@ -366,20 +364,6 @@ def gexf_bytes(G: nx.Graph, *, title: str | None = None) -> bytes:
     return "".join(_gexf_chunks(G, title)).encode("utf-8")
 
 
-@contextmanager
-def _atomic_path(path: Path):
-    """A temp file name in ``path``'s folder, renamed onto ``path`` when the block succeeds."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        yield Path(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_gexf(G: nx.Graph, path, *, title: str | None = None) -> Path:
     """Write ``G`` as GEXF 1.3 (UTF-8, streamed into a temp file, then ``os.replace``); returns the path.
 
@@ -390,7 +374,7 @@ def write_gexf(G: nx.Graph, path, *, title: str | None = None) -> Path:
     path = Path(path)
     chunks = _gexf_chunks(G, title)
     first = next(chunks)  # coercion errors surface here, before any file exists
-    with _atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8", newline="\n") as fh:
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8", newline="\n") as fh:
         fh.write(first)
         for chunk in chunks:
             fh.write(chunk)
@@ -424,6 +408,6 @@ def write_graphml(G: nx.Graph, path, *, gephi_names: bool = False) -> Path:
                 flat["size"] = viz["size"]
             d.update({names[k]: v for k, v in flat.items() if k in names})
     path = Path(path)
-    with _atomic_path(path) as tmp:
+    with atomic_path(path) as tmp:
         nx.write_graphml(H, tmp, encoding="utf-8", prettyprint=True)  # incremental with lxml, else ElementTree
     return path

@@ -9,15 +9,13 @@ from __future__ import annotations
 
 import csv
 import math
-import os
-import tempfile
 from pathlib import Path
 
 import networkx as nx
 import numpy as np
 import pandas as pd
 
-from ..cache import atomic_write_bytes, atomic_write_json
+from ..cache import atomic_path, atomic_write_bytes, atomic_write_json
 from ..provenance import provenance
 from . import escape as E
 from .common import jsonable, save_figure, write_table
@@ -31,15 +29,9 @@ CHILD_FATES = ("inherits", "merges", "novel")
 
 def _write_csv(df: pd.DataFrame, path: Path) -> None:
     """CSV of ``df`` with spreadsheet-formula text neutralised (the Parquet beside it keeps the text)."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         # every text field quoted: a lone CR inside a token would otherwise end a row for most readers
         E.csv_safe(df).to_csv(tmp, index=False, quoting=csv.QUOTE_NONNUMERIC)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _table(df: pd.DataFrame, stem: Path) -> None:
