@@ -67,7 +67,7 @@ def test_planted_shared_fraction_is_recovered(shared):
 
 def test_matched_figures_above_the_dense_limit(monkeypatch):
     """Past the Hungarian limit no matrix is kept, and the figures are still universality_figures'."""
-    import splitkit.analyses.universality as U
+    import splitkit.analyses.universality.figures as U
 
     rng = np.random.default_rng(4)
     fire = rng.random((3000, 40)) < 0.05
