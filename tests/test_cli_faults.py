@@ -14,7 +14,8 @@ def test_bad_device_is_one_line_before_any_work(device, pattern, capsys, tmp_pat
         pytest.skip("this machine has CUDA")
     import splitkit.pipeline as P
 
-    monkeypatch.setattr(P, "get_tokens", lambda *a, **k: pytest.fail("work started before the device was checked"))
+    for stage in (P.lms, P.acts, P.features):  # every stage module that reads the tokens
+        monkeypatch.setattr(stage, "get_tokens", lambda *a, **k: pytest.fail("work started before the device was checked"))
     with pytest.raises(SystemExit) as e:
         universality.main(["--preset", "smoke", "--device", device, "--cache", str(tmp_path), "--out", str(tmp_path)])
     assert e.value.code == 2
