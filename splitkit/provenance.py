@@ -6,6 +6,7 @@ into every summary.json.
 
 from __future__ import annotations
 
+import os
 import platform
 import shlex
 import subprocess
@@ -50,4 +51,7 @@ def provenance() -> dict:
         "numpy": numpy.__version__,
         "platform": platform.platform(),
         "cpu_threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(),
+        "thread_env": {k: os.environ[k] for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS")
+                       if k in os.environ},
     }

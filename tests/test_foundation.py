@@ -1,6 +1,9 @@
 """Corpus, tokenizer, transformer, LM training and the activation store."""
 
 import json
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -286,3 +289,23 @@ def test_verified_stamp_skips_rehashing_until_a_file_changes(tmp_path, monkeypat
     with pytest.raises(CacheError, match="checksum"):
         check_manifest(art.path)
     assert calls
+
+
+@pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="needs two cores to tell one thread from all")
+def test_omp_num_threads_still_holds_for_torch_after_a_numba_kernel():
+    """numba's OpenMP layer would resize the pool torch shares to every core at its first parallel kernel."""
+    pytest.importorskip("numba")
+    code = ("import splitkit, torch\n"
+            "import numba\n"
+            "@numba.njit(parallel=True)\n"
+            "def f(n):\n"
+            "    s = 0\n"
+            "    for i in numba.prange(n):\n"
+            "        s += i\n"
+            "    return s\n"
+            "f(100)\n"
+            "print(torch.get_num_threads(), numba.get_num_threads())\n")
+    env = {k: v for k, v in os.environ.items() if k != "NUMBA_NUM_THREADS"}
+    env["OMP_NUM_THREADS"] = "1"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["1", "1"]
