@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import platform
 import resource
 import subprocess
@@ -42,6 +41,8 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.matching import cpu_info, write_result  # noqa: E402
+from splitkit.config import parse_sizes  # noqa: E402
+from splitkit.provenance import git_revision  # noqa: E402
 
 HOSTILE = "<b>&\x00\x1b]]>\u202e"  # markup, NUL, ESC, CDATA end, a bidi override: must be escaped/replaced
 
@@ -147,12 +148,6 @@ def part(name: str, sizes: list[int], folder: Path) -> dict:
     return out
 
 
-def parse_sizes(spec: str) -> list[int]:
-    from splitkit.config import parse_sizes as ps
-
-    return list(ps(spec))
-
-
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", default="512..131072", help="the family's sizes (default: the paper's nine)")
@@ -162,7 +157,7 @@ def main(argv=None) -> None:
     ap.add_argument("--out", default="docs/bench/splitting_export.json", help="JSON output, or 'none'")
     ap.add_argument("--part", default=None, help=argparse.SUPPRESS)  # the child process's own part
     a = ap.parse_args(argv)
-    sizes = parse_sizes(a.sizes)
+    sizes = list(parse_sizes(a.sizes))
     folder = Path(a.folder)
     folder.mkdir(parents=True, exist_ok=True)
     if a.part:
@@ -171,16 +166,10 @@ def main(argv=None) -> None:
     rec = {"benchmark": "splitting_export", "sizes": sizes, "features_per_run": int(sum(sizes)),
            "command": "python bench/splitting_export.py " + " ".join(argv if argv is not None else sys.argv[1:]),
            "python": platform.python_version(), "cpu": cpu_info(), "parts": {}}
-    try:
-        import subprocess as _sp
-
-        rec["revision"] = _sp.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                                  cwd=Path(__file__).resolve().parents[1]).stdout.strip()
-    except OSError:
-        rec["revision"] = None
+    rec["revision"] = git_revision()
     for name in a.parts.split(","):
         p = subprocess.run([sys.executable, __file__, "--sizes", a.sizes, "--folder", str(folder), "--part", name],
-                           capture_output=True, text=True, env={**os.environ, "PYTHONHASHSEED": "0"})
+                           capture_output=True, text=True)
         if p.returncode:
             print(p.stderr[-2000:], file=sys.stderr)
             rec["parts"][name] = {"error": p.stderr.strip().splitlines()[-1] if p.stderr.strip() else p.returncode}

@@ -20,4 +20,3 @@ from .families import Family, trainer_config, family_artifact, new_family, finis
 from .features import FeatureSet, get_features, _evaluate, sae_metrics  # noqa: F401
 from .effects import LogitEffects, get_logit_effects  # noqa: F401
 from .records import Record, get_record, get_joint_map  # noqa: F401
-from . import acts, core, effects, families, features, lms, records, tokens  # noqa: F401,E402
