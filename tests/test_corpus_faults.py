@@ -102,16 +102,18 @@ def test_lm_budget_rule_doubles_until_both_lms_beat_bigrams(smoke_cfg, monkeypat
     # LMs that always beat the baseline: the budget stays, both seeds are looked at once
     monkeypatch.setattr(P.lms, "BIGRAM_MARGIN_NATS", -1e9)
     assert P.fit_lm_budget(cfg, progress=False) == cfg
-    assert trained == [(40_000, cfg.seed_a), (40_000, cfg.seed_b)]
+    n0 = cfg.lm.n_tokens
+    assert trained == [(n0, cfg.seed_a), (n0, cfg.seed_b)]
     # never clearly better: doubled once (the rule's limit here), seed B not trained at the weak budget
     trained.clear()
     monkeypatch.setattr(P.lms, "BIGRAM_MARGIN_NATS", 1e9)
     capsys.readouterr()
     got = P.fit_lm_budget(cfg, progress=False)
-    assert got.lm.n_tokens == 80_000 and got.replace(lm=cfg.lm) == cfg
-    assert trained == [(40_000, cfg.seed_a), (80_000, cfg.seed_a)]
+    assert got.lm.n_tokens == 2 * n0 and got.replace(lm=cfg.lm) == cfg
+    assert trained == [(n0, cfg.seed_a), (2 * n0, cfg.seed_a)]
     err = capsys.readouterr().err
-    assert "the LM budget rule: LM seed 0 is no better than bigrams at 40,000 tokens, so both LMs train on 80,000" in err
+    assert (f"the LM budget rule: LM seed 0 is no better than bigrams at {n0:,} tokens, so both LMs train on "
+            f"{2 * n0:,}") in err
     # a budget of 0 doublings (the smoke preset's, or --lm-tokens) is used as given
     trained.clear()
     assert P.fit_lm_budget(smoke_cfg, progress=False) == smoke_cfg and len(trained) == 1

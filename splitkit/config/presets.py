@@ -15,7 +15,9 @@ def _smoke() -> Config:
         corpus=CorpusConfig(max_docs=120, fractions=(0.7, 0.1, 0.2)),
         tokenizer=TokenizerConfig(vocab_size=512),
         model=ModelConfig(d_model=32, n_heads=2, d_mlp=64, n_ctx=32),
-        lm=LMTrainConfig(n_tokens=40_000, batch_size=16, lr=3e-3, checkpoint_every=20, eval_tokens=8192),
+        # 200k tokens (~3 s an LM): at 40k the direct path of an LM is still one +-frequency direction, so
+        # every logit-effect correlation is about +-1 and their medians flip with the CPU's arithmetic
+        lm=LMTrainConfig(n_tokens=200_000, batch_size=16, lr=3e-3, checkpoint_every=50, eval_tokens=8192),
         acts=ActivationsConfig(n_tokens=60_000, shard_tokens=16_384),
         dict=DictConfig(sizes=(128,), n_tokens=100_000, batch_size=1024, lr=3e-3, l1_coeff=1e-3, checkpoint_every=40,
                         l1_warmup_tokens=None, lr_decay_frac=None),
