@@ -25,6 +25,13 @@ the number of features plus neurons). The default's cold sum, 14 min, is within 
 49 s of ``make run`` from a clean clone (idle, 2026-11-26). A loaded machine is 2-5x slower in wall
 time (the warm default took 10.7 min at a load average of 12); a GPU is much faster at training.
 
+Those rates are a CPU's with native bf16 GEMMs (AVX512-BF16 or AMX). Where the CPU has neither, the
+GEMMs run in float32 and :func:`cpu_slowdown` multiplies the stages by factors measured from a
+fresh-clone ``make run`` on a 2-core AVX2-only EPYC (2026-12-02, idle; docs/performance.md): LMs
+15.5-16.2k tokens/s (x1.26), harvests 116k tokens/s (x1.25), dictionaries 13.4-14.8k tokens/s at
+2,048 features (x3.85), feature activations 76-84 s over 4M tokens (x1.6). The corrected cold
+default, 20 min, is 9% above that run's 18.5 min of study wall (26.4 min with the set-up).
+
 Splitting (``python -m studies.splitting``): training and encoding as above, the analysis passes (twins,
 links, null, matching) 2.0e-9 s per feature and analysis token, UMAP 4 ms per point, HDBSCAN 7.4e-9 s
 per pair of mapped points (scikit-learn's tree is built over all pairs); memory the larger of
@@ -78,6 +85,9 @@ UMAP_S_PER_POINT = 4.0e-3
 #: two runs of 512..131,072 (523,264 points)
 HDBSCAN_S_PER_PAIR = 7.4e-9
 
+#: stage-time factors on a CPU without native bf16 GEMMs (measured on an AVX2-only EPYC; see the module docstring)
+FP32_CPU_SLOWDOWN = {"lm": 1.26, "acts": 1.25, "dicts": 3.85, "features": 1.6}
+
 #: set to 1 (or any non-empty value but 0) to skip the memory guard
 ENV_SKIP = "SPLITKIT_NO_MEMORY_CHECK"
 
@@ -110,6 +120,20 @@ class Estimate:
                 "time_s": float(self.time_s), "warm_time_s": float(self.warm_time_s), "lower": self.lower,
                 "memory": {k: int(v) for k, v in self.memory.items()},
                 "stages": {k: float(v) for k, v in self.stages.items()}}
+
+
+def cpu_slowdown(device: str) -> dict:
+    """Per-stage time factors for ``device``: ``FP32_CPU_SLOWDOWN`` on a CPU whose GEMMs run in float32
+    (no AVX512-BF16, no AMX), else none (``{}``; the rates above are already a bf16 CPU's)."""
+    from .precision import bf16_is_fast
+
+    kind = str(device).split(":")[0]
+    return dict(FP32_CPU_SLOWDOWN) if kind == "cpu" and not bf16_is_fast("cpu") else {}
+
+
+def _scaled(stages: dict, device: str) -> dict:
+    slow = cpu_slowdown(device)
+    return {k: v * slow.get(k, 1.0) for k, v in stages.items()}
 
 
 def _train_state_bytes(sizes, d: int, batch: int) -> int:
@@ -153,6 +177,7 @@ def universality_estimate(cfg: Config, replicates: int = 1, l0: float = L0_ASSUM
         "features": 2 * replicates * n * T * ENCODE_S_PER_FEATURE_TOKEN,
         "analysis": replicates * T * UNIV_ANALYSIS_S_PER_TOKEN * (n + d) / (2048 + 512),
     }
+    stages = _scaled(stages, cfg.device)
     # which option moves the peak most: the token-proportional arrays or the dictionary's own
     lower = "--analysis-tokens" if analysis >= train and mem["effects"] < analysis / 2 else "--size"
     return Estimate("universality", int(peak), sum(stages.values()), stages["analysis"], lower, mem, stages,
@@ -187,6 +212,7 @@ def splitting_estimate(cfg: Config, scfg: SplittingConfig, n_runs: int = 2, n_re
         "umap": n_recipes * n_runs * N * UMAP_S_PER_POINT,
         "clusters": n_recipes * (n_runs * N) ** 2 * HDBSCAN_S_PER_PAIR,
     }
+    stages = _scaled(stages, cfg.device)
     lower = "--analysis-tokens or the largest of --sizes" if analysis >= train else "the largest of --sizes"
     warm = stages["links"] + stages["umap"] + stages["clusters"]
     return Estimate("splitting", int(peak), sum(stages.values()), warm, lower, mem, stages,

@@ -8,6 +8,30 @@ from splitkit.config import ConfigError, get_preset, get_splitting_preset
 GiB = 1 << 30
 
 
+@pytest.fixture(autouse=True)
+def bf16_cpu(monkeypatch):
+    """The hand-computed rates are a bf16 CPU's: pin that class, whatever CPU runs the tests."""
+    monkeypatch.setattr("splitkit.precision.bf16_is_fast", lambda kind: True)
+
+
+def test_a_cpu_without_bf16_gemms_scales_the_gemm_stages(monkeypatch):
+    cfg = get_preset("default")
+    fast = budget.universality_estimate(cfg)
+    monkeypatch.setattr("splitkit.precision.bf16_is_fast", lambda kind: kind == "cuda")
+    slow = budget.universality_estimate(cfg)
+    for stage, factor in budget.FP32_CPU_SLOWDOWN.items():
+        assert slow.stages[stage] == pytest.approx(factor * fast.stages[stage]), stage
+    assert slow.stages["analysis"] == fast.stages["analysis"] and slow.peak_bytes == fast.peak_bytes
+    # the measured fp32 default (2026-12-02): 1,111 s of study wall; the bf16 rates alone said ~14 min
+    assert 1_000 < slow.time_s < 1_300 and fast.time_s < 900
+    # on CUDA the factors do not apply
+    gpu = budget.universality_estimate(cfg.replace(device="cuda"))
+    assert gpu.stages["dicts"] == fast.stages["dicts"]
+    sp = get_splitting_preset("default")
+    assert budget.splitting_estimate(cfg, sp).stages["dicts"] == pytest.approx(
+        budget.FP32_CPU_SLOWDOWN["dicts"] * budget.splitting_estimate(cfg.replace(device="cuda"), sp).stages["dicts"])
+
+
 def test_universality_parts_grow_with_tokens_and_size():
     cfg = get_preset("default")
     T, n, d, V = cfg.analysis.n_tokens, cfg.dict.sizes[0], cfg.model.d_mlp, cfg.tokenizer.vocab_size

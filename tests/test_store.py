@@ -175,7 +175,7 @@ def test_inconsistent_shard_says_what_to_delete(planted, tmp_path):
 def test_neuron_matching_on_the_sparse_view_equals_the_dense_path(smoke_cfg):
     """The universality study's neuron figures (best match and its correlation per neuron, the median,
     the assignment, the shuffled chance) from the CSR view: those of the exact (float64) dense path,
-    and within 1e-6 of the float32 dense path the study took before."""
+    and within float32 rounding (1e-5) of the float32 dense path the study took before."""
     from splitkit import correlation as matching
     from splitkit import pipeline as P
 
@@ -192,13 +192,14 @@ def test_neuron_matching_on_the_sparse_view_equals_the_dense_path(smoke_cfg):
     ds, cs = fig["sparse", "float32"]
     assert ds.attrs["engine"] != "dense" and fig["dense", "float32"][0].attrs["engine"] == "dense"
     assert (ds["corr"] > 0.2).mean() > 0.5  # a real matching, not all-NaN or all-zero
-    for ref, atol in (("float64", 1e-9), ("float32", 1e-6)):
+    # exact against float64; against the float32 dense path within its own rounding (float32 sums over
+    # 30k tokens: a few 1e-6 on some LMs, so 1e-5; the exact comparison is the one that pins the engine)
+    for ref, atol in (("float64", 1e-9), ("float32", 1e-5)):
         dd, cd = fig["dense", ref]
         for col in ("best_b", "assign_b", "mutual", "density_a", "best_a_of_b"):
             np.testing.assert_array_equal(ds[col], dd[col])
-        np.testing.assert_allclose(ds["corr"], dd["corr"], atol=atol if ref == "float64" else 2e-6, rtol=0)
-        np.testing.assert_allclose(ds["assign_corr"], dd["assign_corr"], atol=atol if ref == "float64" else 2e-6,
-                                   rtol=0)
+        np.testing.assert_allclose(ds["corr"], dd["corr"], atol=atol, rtol=0)
+        np.testing.assert_allclose(ds["assign_corr"], dd["assign_corr"], atol=atol, rtol=0)
         np.testing.assert_allclose(cs, cd, atol=atol, rtol=0)
         assert abs(np.nanmedian(ds["corr"]) - np.nanmedian(dd["corr"])) <= atol
         assert abs(np.nanmedian(cs) - np.nanmedian(cd)) <= atol
