@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import resource
@@ -385,13 +386,24 @@ def versions() -> dict:
     }
 
 
+def _strict(o):
+    """``o`` with every non-finite float as None: strict JSON, which jq and browsers read."""
+    if isinstance(o, dict):
+        return {k: _strict(v) for k, v in o.items()}
+    if isinstance(o, (list, tuple)):
+        return [_strict(v) for v in o]
+    if isinstance(o, float) and not math.isfinite(o):
+        return None
+    return o
+
+
 def write_result(res: dict, out: str) -> None:
     """Write a benchmark's JSON record to ``out`` atomically (``"none"``: do not write)."""
     if out == "none":
         return
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(out).with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(res, indent=1) + "\n")
+    tmp.write_text(json.dumps(_strict(res), indent=1, allow_nan=False) + "\n")
     tmp.replace(out)
 
 

@@ -98,7 +98,7 @@ def part(name: str, sizes: list[int], folder: Path) -> dict:
     import networkx as nx
 
     from splitkit.report.graphs import coerce_graph, write_gexf, write_graphml
-    from splitkit.report.splitting import build_graph
+    from splitkit.report.splitting import TOP_FAMILIES_MAX_NODES, build_graph
 
     t0 = time.perf_counter()
     res, nodes, edges = tables(sizes)
@@ -109,7 +109,8 @@ def part(name: str, sizes: list[int], folder: Path) -> dict:
         for stem, runs, color, fam in [("forest_A", ["A"], "size", None), ("joint_AB", ["A", "B"], "size", None),
                                        ("top_families", ["A", "B"], "family", 20)]:
             t1 = time.perf_counter()
-            G = build_graph(res, nodes, edges, runs, color_by=color, families=fam)
+            G = build_graph(res, nodes, edges, runs, color_by=color, families=fam,
+                            max_nodes=TOP_FAMILIES_MAX_NODES if fam is not None else None)
             t2 = time.perf_counter()
             write_gexf(G, folder / f"{stem}.gexf", title=stem)
             t3 = time.perf_counter()

@@ -104,22 +104,53 @@ def _family_colors(n: int) -> list:
     return [rgba255(cmap(i % 20)) for i in range(max(n, 1))]
 
 
+#: nodes of ``top_families`` at most (both runs together): a file Gephi opens at once at any family size
+TOP_FAMILIES_MAX_NODES = 20_000
+
+
+def _top_families(nd: pd.DataFrame, families: int, max_nodes: int | None) -> pd.DataFrame:
+    """Each run's largest ``families`` families (numbered by decreasing size), as many whole ones as
+    fit in the run's share of ``max_nodes``; at least its largest, cut to its smallest sizes if even
+    that one is larger."""
+    nd = nd[nd["family"] < families]
+    if max_nodes is None:
+        return nd
+    runs = list(dict.fromkeys(nd["run"]))
+    per_run = max(1, max_nodes // max(1, len(runs)))
+    parts = []
+    for r in runs:
+        x = nd[nd["run"] == r]
+        count = x.groupby("family").size().sort_index()
+        keep = count.index[(count.cumsum() <= per_run).to_numpy()]
+        if not len(keep):  # the largest family alone is over the cap: its upper sizes are cut
+            first = x[x["family"] == count.index[0]].sort_values(["size", "feature"], kind="stable")
+            parts.append(first.iloc[:per_run])
+        else:
+            parts.append(x[x["family"].isin(keep)])
+    return pd.concat(parts) if parts else nd
+
+
 def build_graph(res: dict, nodes: pd.DataFrame, edges: pd.DataFrame, runs, *, color_by: str = "size",
-                families: int | None = None) -> nx.DiGraph:
+                families: int | None = None, max_nodes: int | None = None) -> nx.DiGraph:
     """The Gephi graph of ``runs`` (forest edges, plus match edges when both runs are in): viz position
     from the UMAP, colour by size or family, size by density, labels from top tokens. ``families``:
-    keep only each run's largest ``families`` families."""
+    keep only each run's largest ``families`` families; ``max_nodes`` (with ``families``): whole
+    families while the graph stays within that many nodes (see :func:`_top_families`)."""
     sizes = res["sizes"]
     scol = _size_colors(sizes)
     fcol = _family_colors(families or 20)
     nd = nodes[nodes["run"].isin(runs)]
+    n_wanted = None
     if families is not None:
-        nd = nd[nd["family"] < families]
+        n_wanted = int((nd["family"] < families).sum())
+        nd = _top_families(nd, families, max_nodes)
     dmax = float(nd["density"].max()) if len(nd) else 1.0
     G = nx.DiGraph(runs=",".join(runs), sizes=",".join(map(str, sizes)),
                    threshold=float(res["runs"][runs[0]]["forest"].graph["threshold"]),
                    twin_rule=str(res["runs"][runs[0]]["forest"].graph["twin_rule"]),
                    color=color_by, n_analysis_tokens=int(res["n_analysis_tokens"]))
+    if n_wanted is not None:  # says in the file whether the cap left families out
+        G.graph.update(families=int(families), max_nodes=int(max_nodes or 0), nodes_left_out=int(n_wanted - len(nd)))
     for r in nd.itertuples(index=False):
         col = scol[r.size] if color_by == "size" else fcol[int(r.family) % len(fcol)]
         viz = {"color": col, "size": float(2.0 + 18.0 * math.sqrt(max(r.density, 0.0) / max(dmax, 1e-12)))}
@@ -156,7 +187,8 @@ def write_graphs(out: Path, res: dict, nodes: pd.DataFrame, edges: pd.DataFrame,
         specs.append(("joint_AB", runs, "size", None))
     specs.append(("top_families", runs, "family", n_families))
     for name, rs, color, fam in specs:
-        G = build_graph(res, nodes, edges, rs, color_by=color, families=fam)
+        G = build_graph(res, nodes, edges, rs, color_by=color, families=fam,
+                        max_nodes=TOP_FAMILIES_MAX_NODES if fam is not None else None)
         write_gexf(G, out / f"{name}.gexf", title=f"splitkit splitting forest: {name}")
         write_graphml(G, out / f"{name}.graphml")
         files += [f"{name}.gexf", f"{name}.graphml"]
