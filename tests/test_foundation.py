@@ -14,7 +14,7 @@ from splitkit.activations import ActivationStore, StoreSource, harvest
 from splitkit.cache import Cache, CacheError, check_manifest
 from splitkit.config import (Config, ConfigError, CorpusConfig, DictConfig, LMTrainConfig, ModelConfig, TokenizerConfig,
                              get_preset, parse_sizes)
-from splitkit.corpus import CorpusError, Document, load_documents, split_documents
+from splitkit.corpus import CorpusError, load_documents, split_documents
 from splitkit.lm import lm_batch, train_lm
 from splitkit.model import Transformer
 from splitkit.tokenizer import encode_documents, train_tokenizer

@@ -1,6 +1,5 @@
 """Tests for the ``l1_log`` recipe: the log penalty's hand-written gradient, the merge step, resume."""
 
-import json
 
 import pytest
 import torch

@@ -1,7 +1,6 @@
 """Tests for the matryoshka recipe: the nested step's gradient, planted coarse-to-fine structure,
 prefix dictionaries on disk, resume, and the recipe's name in the configs and command lines."""
 
-import json
 
 import pytest
 import torch

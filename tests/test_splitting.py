@@ -247,7 +247,7 @@ def planted(request):
 
 def test_planted_hierarchy_recovers_parents(planted):
     A, B, true_parents, _, _, forest, _ = planted
-    n_p, n_c = A.shape[1], B.shape[1]
+    n_c = B.shape[1]
     found = [{forest.nodes[u]["feature"] for u in forest.predecessors(f"A/{n_c}/{j}")} for j in range(n_c)]
     exact = np.mean([f == t for f, t in zip(found, true_parents)])
     right_best = np.mean([(not t and not f) or bool(f & t) for f, t in zip(found, true_parents)])
@@ -353,7 +353,6 @@ def test_families_are_strongest_parent_trees_not_the_web():
 def test_family_listing_tokens():
     acts, mid_groups, top_groups = plant_three_sizes(seed=5, n_tokens=20_000, n_leaf_groups=4)
     forest, _ = S.splitting_forest(acts, run="A")
-    n_tok = next(iter(acts.values())).shape[0]
     leaf_size = max(acts)
     # token ids: every leaf owns one token id on all its positions; the vocabulary is leaf ids + 1000
     owner = np.asarray(acts[leaf_size].argmax(1)).ravel()

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from splitkit.sae import SAEConfig, SparseAutoencoder
-from splitkit.train import FamilyTrainer, TensorSource, TrainerConfig, get_recipe, train_family
+from splitkit.train import TensorSource, TrainerConfig, get_recipe, train_family
 from splitkit.train.member import Member
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
