@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import platform
 import resource
@@ -386,24 +385,15 @@ def versions() -> dict:
     }
 
 
-def _strict(o):
-    """``o`` with every non-finite float as None: strict JSON, which jq and browsers read."""
-    if isinstance(o, dict):
-        return {k: _strict(v) for k, v in o.items()}
-    if isinstance(o, (list, tuple)):
-        return [_strict(v) for v in o]
-    if isinstance(o, float) and not math.isfinite(o):
-        return None
-    return o
-
-
 def write_result(res: dict, out: str) -> None:
     """Write a benchmark's JSON record to ``out`` atomically (``"none"``: do not write)."""
     if out == "none":
         return
+    from splitkit.report.common import jsonable  # NaN as null: strict JSON, which jq and browsers read
+
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(out).with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(_strict(res), indent=1, allow_nan=False) + "\n")
+    tmp.write_text(json.dumps(jsonable(res), indent=1, allow_nan=False) + "\n")
     tmp.replace(out)
 
 
