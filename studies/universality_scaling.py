@@ -47,6 +47,9 @@ def main(argv=None) -> int:
     p.add_argument("--target-l0s", default=None,
                    help="fixed-L0 arms: target mean L0s, e.g. '8,16,32'; every penalised recipe trains once more "
                         "per target with its lambda steered toward it (ids 'l1_log@L0=16-n...'; default: none)")
+    p.add_argument("--no-fixed-lambda", action="store_true",
+                   help="train only the fixed-L0 arms of --target-l0s, not each recipe at its fixed lambda; the "
+                        "fixed-L0 figure then takes its fixed-lambda lines from the earlier rows of --table-json")
     p.add_argument("--budgets", default=None,
                    help="SAE training tokens at which to measure, e.g. '500k,1M,2M,4M,8M' (the largest ends the run), "
                         "for every recipe (default: the preset's; the default preset's paper recipe uses 0.25M-4M)")
@@ -92,6 +95,10 @@ def main(argv=None) -> int:
             grid["paper_budgets"] = None  # one set of budgets for every recipe
         if args.target_l0s:
             grid["target_l0s"] = _l0_targets(args.target_l0s)
+        if args.no_fixed_lambda:
+            if not args.target_l0s:
+                raise ConfigError("--no-fixed-lambda needs --target-l0s (it trains the fixed-L0 arms alone)")
+            grid["fixed_lambda"] = False
         if args.stream_budgets:
             grid["stream_budgets"] = args.stream_budgets
         if args.analysis_tokens:

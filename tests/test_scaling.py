@@ -146,6 +146,70 @@ def test_fixed_l0_arms_and_their_configs(smoke_cfg):
     assert P.trainer_config(base).target_l0 is None and P.trainer_config(base).l0_gain == 0.02
 
 
+def test_fixed_lambda_false_trains_the_l0_arms_alone():
+    sc = ScalingConfig(recipes=("l1_log", "topk"), target_l0s=(8, 16), fixed_lambda=False)
+    assert sc.arms() == [("l1_log@L0=8", "l1_log", 8.0), ("l1_log@L0=16", "l1_log", 16.0)]
+    with pytest.raises(ConfigError, match="target_l0s"):
+        ScalingConfig(fixed_lambda=False)
+    with pytest.raises(ConfigError, match="no L0 target"):
+        ScalingConfig(recipes=("topk",), target_l0s=(8,), fixed_lambda=False)
+
+
+def _grid_rows(recipe, target, medians, rev="0123456789", n=64):
+    """Flat grid rows of one arm and size at budgets 1M, 2M, 4M with the given feature medians."""
+    return pd.DataFrame([{"id": f"{recipe}{'' if target is None else f'@L0={target:g}'}-n{n}-t{t}-a1000",
+                          "key": f"{recipe}-{target}-{n}-{t}-{rev}", "recipe": recipe if target is None
+                          else f"{recipe}@L0={target:g}", "base_recipe": None if target is None else recipe,
+                          "target_l0": np.nan if target is None else float(target), "n_features": n,
+                          "sae_tokens": t, "sae_tokens_budget": t, "analysis_tokens": 1000,
+                          "features_paper_median": m, "neurons_median": 0.5, "l0_a": 10.0, "l0_b": 12.0,
+                          "git_revision": rev}
+                         for t, m in zip((1_000_000, 2_000_000, 4_000_000), medians)])
+
+
+def test_table_json_keeps_rows_this_run_did_not_measure(tmp_path):
+    from splitkit.report.scaling import _table_rows, earlier_rows
+
+    table = tmp_path / "t.json"
+    assert earlier_rows(table, _grid_rows("l1_decnorm", 16, (0.5, 0.5, 0.5))).empty  # no table yet
+    old = pd.concat([_grid_rows("l1_decnorm", None, (0.7, 0.6, 0.5), rev="aaaaaaa111"),
+                     _grid_rows("l1_decnorm", 16, (0.1, 0.1, 0.1))], ignore_index=True)
+    table.write_text(json.dumps({"rows": _table_rows(pd.DataFrame(), old)}))
+    # this run re-measures the fixed-L0 points (same keys) with new figures and adds a size
+    new = pd.concat([_grid_rows("l1_decnorm", 16, (0.4, 0.4, 0.4)),
+                     _grid_rows("l1_decnorm", 16, (0.3, 0.3, 0.3), n=128)], ignore_index=True)
+    earlier = earlier_rows(table, new)
+    assert list(earlier["features_paper_median"]) == [0.7, 0.6, 0.5]  # only the rows it did not measure
+    rows = _table_rows(earlier, new)
+    assert len(rows) == 9 and len({r["key"] for r in rows}) == 9
+    assert [r["features_paper_median"] for r in rows if r["recipe"] == "l1_decnorm@L0=16" and r["n_features"] == 64] \
+        == [0.4, 0.4, 0.4]
+    assert all(r["target_l0"] is None for r in rows[:3])  # NaN is written as null
+    json.dumps(rows, allow_nan=False)
+    table.write_text("{not json")
+    with pytest.raises(ConfigError, match="not a grid table"):
+        earlier_rows(table, new)
+
+
+def test_fixed_l0_figure_takes_missing_fixed_lambda_lines_from_the_table():
+    from splitkit.report.scaling import fig_fixed_l0
+
+    arm = _grid_rows("l1_decnorm", 16, (0.6, 0.6, 0.6))
+    earlier = pd.concat([_grid_rows("l1_decnorm", None, (0.7, 0.6, 0.5), rev="abcdef0123"),
+                         _grid_rows("paper", None, (0.2, 0.2, 0.2))], ignore_index=True)
+
+    def labels(fig):
+        return {line.get_label() for ax in fig.axes for line in ax.get_lines()}
+
+    got = labels(fig_fixed_l0(arm, earlier))
+    assert "fixed λ n=64 (table, abcdef0)" in got and "L0 16 n=64" in got
+    assert not any(label.startswith("fixed λ") for label in labels(fig_fixed_l0(arm)))
+    # a recipe with no fixed-L0 arm is not drawn; a fixed-lambda arm measured in this run wins over the table
+    both = pd.concat([arm, _grid_rows("l1_decnorm", None, (0.7, 0.7, 0.7))], ignore_index=True)
+    got = labels(fig_fixed_l0(both, earlier))
+    assert "fixed λ n=64" in got and not any("table" in label for label in got)
+
+
 @pytest.mark.heavy
 def test_scaling_grid_end_to_end_and_resume(smoke_cfg, tmp_path):
     from studies import universality_scaling as study
@@ -280,6 +344,14 @@ def test_scaling_grid_fixed_l0_arm_end_to_end(smoke_cfg, tmp_path):
     s = json.loads((out / "summary.json").read_text())
     assert {h["recipe"] for h in s["headline"]} == {"l1_decnorm", "l1_decnorm@L0=12"}
     assert (out / "universality_vs_sae_tokens_fixed_l0.png").is_file() and "fixed_l0" in s["figures"]
+    # the fixed-L0 arm alone (its points cached): the table keeps the fixed-lambda rows it did not measure
+    table = tmp_path / "table.json"
+    assert study.main(argv + ["--table-json", str(table)]) == 0
+    assert study.main(argv + ["--table-json", str(table), "--no-fixed-lambda"]) == 0
+    assert sorted(pd.read_parquet(out / "scaling.parquet")["id"]) == [i for i in sorted(df.index) if "@" in i]
+    rows = json.loads(table.read_text())["rows"]
+    assert sorted(r["id"] for r in rows) == sorted(df.index)
+    assert "fixed_l0" in json.loads((out / "summary.json").read_text())["figures"]
 
 
 def test_scaling_bad_arguments_are_one_line_errors(smoke_cfg, capsys, tmp_path):
@@ -287,7 +359,7 @@ def test_scaling_bad_arguments_are_one_line_errors(smoke_cfg, capsys, tmp_path):
 
     for argv, needle in ((["--budgets", "1M,zz"], "--budgets"), (["--recipes", "magic"], "unknown recipe"),
                          (["--analysis-tokens", "900M"], "analysis split"), (["--only", "magic-*"], "--only"),
-                         (["--only", " , "], "--only")):
+                         (["--only", " , "], "--only"), (["--no-fixed-lambda"], "--target-l0s")):
         with pytest.raises(SystemExit) as e:
             study.main(["--preset", "smoke", "--cache", smoke_cfg.cache_dir, "--out", str(tmp_path), "--quiet", *argv])
         assert e.value.code == 2

@@ -42,6 +42,9 @@ class ScalingConfig(_Section):
     # the controller's gain on these arms: grid runs are short (122-1,953 steps), where the
     # trainer's default 0.02 undershoots by ~8% (docs/recipes.md, "Holding L0 fixed")
     target_l0_gain: float = 0.1
+    # False: train only the fixed-L0 arms (their fixed-lambda lines can come from an earlier table's
+    # rows, ``report.scaling.write_scaling``); needs ``target_l0s``
+    fixed_lambda: bool = True
 
     def __post_init__(self):
         if isinstance(self.target_l0s, list):
@@ -49,6 +52,10 @@ class ScalingConfig(_Section):
         if any(isinstance(t, bool) or not isinstance(t, (int, float)) or not t > 0 for t in self.target_l0s) \
                 or list(self.target_l0s) != sorted(set(self.target_l0s)):
             raise ConfigError(f"scaling.target_l0s must be increasing positive mean L0s, got {list(self.target_l0s)}")
+        if not isinstance(self.fixed_lambda, bool):
+            raise ConfigError(f"scaling.fixed_lambda must be true or false, got {self.fixed_lambda!r}")
+        if not self.fixed_lambda and not self.target_l0s:
+            raise ConfigError("scaling.fixed_lambda false leaves no arm: name target_l0s too (--target-l0s 8,16,32)")
         if not self.target_l0_gain > 0:
             raise ConfigError(f"scaling.target_l0_gain must be > 0, got {self.target_l0_gain!r}")
         for name in ("recipes", "sizes", "budgets", "analysis_tokens"):
@@ -70,13 +77,16 @@ class ScalingConfig(_Section):
             v = getattr(self, name)
             if any((not isinstance(x, int)) or x <= 0 for x in v) or list(v) != sorted(set(v)):
                 raise ConfigError(f"scaling.{name} must be increasing positive integers, got {list(v)}")
+        if not self.fixed_lambda and not self.arms():
+            raise ConfigError(f"scaling.fixed_lambda false leaves no arm: recipes {list(self.recipes)} take no L0 target")
 
     def arms(self) -> list[tuple[str, str, float | None]]:
         """``(label, recipe, target_l0)`` per grid arm: each recipe at its fixed lambda (label: the
-        recipe), then each penalised recipe once per ``target_l0s`` (label ``recipe@L0=16``)."""
+        recipe; left out when ``fixed_lambda`` is false), then each penalised recipe once per
+        ``target_l0s`` (label ``recipe@L0=16``)."""
         from ..train.recipes import get_recipe  # lazily, as _recipe_names does
 
-        out = [(r, r, None) for r in self.recipes]
+        out = [(r, r, None) for r in self.recipes] if self.fixed_lambda else []
         for r in self.recipes:
             if not get_recipe(r).uses_k:  # topk's L0 is its k
                 out += [(f"{r}@L0={t:g}", r, float(t)) for t in self.target_l0s]

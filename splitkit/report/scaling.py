@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from ..cache import atomic_write_bytes, atomic_write_json
+from ..config import ConfigError
 from ..metrics import METRIC_DEFINITIONS
 from .escape import md_code
 from ..analyses.universality import PAPER_FIGURES
@@ -85,15 +87,27 @@ def fig_vs_tokens(df: pd.DataFrame):
     return fig
 
 
-def fig_fixed_l0(df: pd.DataFrame):
+def fig_fixed_l0(df: pd.DataFrame, earlier: pd.DataFrame | None = None):
     """Universality and the L0 reached against SAE tokens: each recipe's fixed-lambda lines beside its
     fixed-L0 arms (one line per target and size), so training length and sparsity come apart.
+    ``earlier``: rows of an earlier table; a base recipe whose fixed-lambda points this run did not
+    measure (``--no-fixed-lambda``) takes them from there, labelled with their revision.
     None when the grid has no fixed-L0 arm."""
     if "target_l0" not in df.columns or not df["target_l0"].notna().any():
         return None
     plt = _plt()
     nt = main_analysis_tokens(df)
     d = df[df["analysis_tokens"] == nt].copy()
+    d["from_table"] = None
+    if earlier is not None and len(earlier) and "recipe" in earlier:
+        bases_l0 = set(d.loc[d["target_l0"].notna(), "base_recipe"])
+        have = set(d.loc[d["target_l0"].isna(), "recipe"])
+        e = earlier[earlier["recipe"].isin(bases_l0 - have) & (earlier["analysis_tokens"] == nt)]
+        if "target_l0" in e:
+            e = e[e["target_l0"].isna()]
+        if len(e):
+            e = e.assign(from_table=e["git_revision"].astype(str).str[:7] if "git_revision" in e else "earlier")
+            d = pd.concat([d, e], ignore_index=True)
     d["base"] = d["base_recipe"].where(d["target_l0"].notna(), d["recipe"]) if "base_recipe" in d else d["recipe"]
     bases = list(dict.fromkeys(d.loc[d["target_l0"].notna(), "base"]))
     sizes = sorted(d["n_features"].unique())
@@ -111,6 +125,9 @@ def fig_fixed_l0(df: pd.DataFrame):
             style = {"color": matplotlib.colormaps[cmap](shade), "marker": "o", "ms": 3,
                      "ls": "--" if t is None else "-"}
             label = f"{'fixed λ' if t is None else f'L0 {t:g}'} n={n}"
+            src = g["from_table"].dropna().unique()
+            if len(src):
+                label += f" (table, {', '.join(src)})"
             row[0].plot(g["sae_tokens"], g["features_paper_median"], label=label, **style)
             row[1].plot(g["sae_tokens"], (g["l0_a"] + g["l0_b"]) / 2, label=label, **style)
         for t in targets[1:]:
@@ -227,13 +244,14 @@ def write_scaling(out: Path, df: pd.DataFrame, cfg, sc, extra: dict | None = Non
     points = df.to_dict("records")
     flat = df.drop(columns=[c for c in _NESTED if c in df.columns])
     write_table(flat, out / "scaling")
+    earlier = earlier_rows(table_json, flat)
     figs = {}
     if len(df):
         figs["vs_tokens"] = save_figure(fig_vs_tokens(df), out / "universality_vs_sae_tokens")
         figs["health"] = save_figure(fig_health(df), out / "dead_and_loss_vs_sae_tokens")
         figs["tradeoff"] = save_figure(fig_tradeoff(df), out / "universality_vs_loss_recovered")
         figs["vs_analysis"] = save_figure(fig_vs_analysis(df), out / "universality_vs_analysis_tokens")
-        ff = fig_fixed_l0(df)
+        ff = fig_fixed_l0(df, earlier)
         if ff is not None:
             figs["fixed_l0"] = save_figure(ff, out / "universality_vs_sae_tokens_fixed_l0")
         fd = fig_density(points)
@@ -256,8 +274,34 @@ def write_scaling(out: Path, df: pd.DataFrame, cfg, sc, extra: dict | None = Non
         atomic_write_json(Path(table_json), {"provenance": summary["provenance"], "grid": summary["grid"],
                                              "config": summary["config"], "headline": summary["headline"],
                                              "columns": COLUMN_DEFINITIONS,
-                                             "rows": flat.replace({np.nan: None}).to_dict("records")})
+                                             "rows": _table_rows(earlier, flat)})
     return summary
+
+
+def earlier_rows(table_json: Path | None, flat: pd.DataFrame) -> pd.DataFrame:
+    """The rows of the table at ``table_json`` that this run did not measure (by ``key``: the same
+    point on the same inputs), so a run of part of the grid adds to the table instead of replacing
+    it. Empty when there is no table yet; a table that cannot be read is one line of error."""
+    if table_json is None or not Path(table_json).exists():
+        return pd.DataFrame()
+    try:
+        rows = json.loads(Path(table_json).read_text())["rows"]
+        old = pd.DataFrame(rows)
+        if len(old) and "key" not in old:
+            raise KeyError("key")
+    except (ValueError, KeyError, TypeError) as e:
+        raise ConfigError(f"{table_json}: not a grid table this study wrote ({type(e).__name__}: {e}); "
+                          f"move it away or pass --table-json none") from None
+    if not len(old):
+        return old
+    new = set(flat["key"]) if "key" in flat else set()
+    return old[~old["key"].isin(new)].reset_index(drop=True)
+
+
+def _table_rows(earlier: pd.DataFrame, flat: pd.DataFrame) -> list[dict]:
+    """The table after this run: its earlier rows (in their order), then this run's."""
+    both = pd.concat([earlier, flat], ignore_index=True) if len(earlier) else flat
+    return both.astype(object).where(both.notna(), None).to_dict("records")
 
 
 COLUMN_DEFINITIONS = {
