@@ -96,8 +96,6 @@ def main(argv=None) -> int:
         if args.target_l0s:
             grid["target_l0s"] = _l0_targets(args.target_l0s)
         if args.no_fixed_lambda:
-            if not args.target_l0s:
-                raise ConfigError("--no-fixed-lambda needs --target-l0s (it trains the fixed-L0 arms alone)")
             grid["fixed_lambda"] = False
         if args.stream_budgets:
             grid["stream_budgets"] = args.stream_budgets

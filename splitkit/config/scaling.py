@@ -55,8 +55,6 @@ class ScalingConfig(_Section):
             raise ConfigError(f"scaling.target_l0s must be increasing positive mean L0s, got {list(self.target_l0s)}")
         if not isinstance(self.fixed_lambda, bool):
             raise ConfigError(f"scaling.fixed_lambda must be true or false, got {self.fixed_lambda!r}")
-        if not self.fixed_lambda and not self.target_l0s:
-            raise ConfigError("scaling.fixed_lambda false leaves no arm: name target_l0s too (--target-l0s 8,16,32)")
         if not self.target_l0_gain > 0:
             raise ConfigError(f"scaling.target_l0_gain must be > 0, got {self.target_l0_gain!r}")
         for name in ("recipes", "sizes", "budgets", "analysis_tokens"):
@@ -78,8 +76,10 @@ class ScalingConfig(_Section):
             v = getattr(self, name)
             if any((not isinstance(x, int)) or x <= 0 for x in v) or list(v) != sorted(set(v)):
                 raise ConfigError(f"scaling.{name} must be increasing positive integers, got {list(v)}")
-        if not self.fixed_lambda and not self.arms():
-            raise ConfigError(f"scaling.fixed_lambda false leaves no arm: recipes {list(self.recipes)} take no L0 target")
+        if not self.fixed_lambda and not self.arms():  # no target_l0s, or only topk (whose L0 is its k)
+            raise ConfigError(f"scaling.fixed_lambda false leaves no arm: recipes {list(self.recipes)} with "
+                              f"target_l0s {list(self.target_l0s)} give no L0 target (name a penalised recipe "
+                              f"and --target-l0s, e.g. 8,16,32)")
 
     def arms(self) -> list[tuple[str, str, float | None]]:
         """``(label, recipe, target_l0)`` per grid arm: each recipe at its fixed lambda (label: the

@@ -14,7 +14,7 @@ from ..metrics import METRIC_DEFINITIONS
 from .escape import md_code
 from ..analyses.universality import PAPER_FIGURES
 from ..provenance import provenance
-from .common import save_figure, write_table
+from .common import jsonable, save_figure, write_table
 
 # per-point lists (density curves) stay in the JSON files, not in the flat table
 _NESTED = ("density_curve_features", "density_curve_neurons")
@@ -300,8 +300,7 @@ def earlier_rows(table_json: Path | None, flat: pd.DataFrame) -> pd.DataFrame:
 
 def _table_rows(earlier: pd.DataFrame, flat: pd.DataFrame) -> list[dict]:
     """The table after this run: its earlier rows (in their order), then this run's."""
-    both = pd.concat([earlier, flat], ignore_index=True) if len(earlier) else flat
-    return both.astype(object).where(both.notna(), None).to_dict("records")
+    return jsonable(pd.concat([earlier, flat], ignore_index=True) if len(earlier) else flat)
 
 
 COLUMN_DEFINITIONS = {
