@@ -16,10 +16,15 @@ import json
 import os
 import shutil
 import tempfile
+
+try:  # build locks; where there is no fcntl (Windows) concurrent builds are not guarded
+    import fcntl
+except ImportError:  # pragma: no cover
+    fcntl = None
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 MANIFEST = "manifest.json"
 
@@ -140,13 +145,47 @@ class Artifact:
         return work
 
     def seal(self) -> Path:
-        """Write the manifest into the work folder and move it into place."""
+        """Write the manifest into the work folder, move it into place and release the build lock."""
         work = self.partial_path
         write_manifest(work)
         if self.path.exists():  # a stale or corrupt copy: replaced, never merged
             shutil.rmtree(self.path)
         os.replace(work, self.path)
+        self.unlock()
         return self.path
+
+    @property
+    def lock_path(self) -> Path:
+        return self.path.with_name(self.path.name + ".lock")
+
+    def lock(self, on_wait: Callable[[], None] | None = None) -> None:
+        """Hold this artifact's build lock (``<key>.lock`` beside it) until :meth:`seal` or :meth:`unlock`.
+
+        Blocks while another process holds it (``on_wait`` is called once first), so two studies
+        sharing a cache never build the same artifact into one work folder. Re-entrant within a
+        process; the operating system releases it when the process ends, however it ends.
+        """
+        if fcntl is None or str(self.path) in _HELD_LOCKS:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if on_wait is not None:
+                on_wait()
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        _HELD_LOCKS[str(self.path)] = fd
+
+    def unlock(self) -> None:
+        fd = _HELD_LOCKS.pop(str(self.path), None)
+        if fd is not None:
+            os.close(fd)  # closing the descriptor releases its flock
+
+
+# Build locks this process holds: artifact path -> descriptor of its open lock file. Lock files
+# stay on disk (deleting one while another process waits on it would let a third build beside it).
+_HELD_LOCKS: dict[str, int] = {}
 
 
 def write_manifest(folder: Path) -> dict:

@@ -124,3 +124,51 @@ def test_atomic_writes_get_the_mode_of_a_plain_open_and_leave_nothing_on_failure
             raise RuntimeError("writer died")
     assert not (tmp_path / "b.json").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.json", "g.gexf", "plain.txt", "t.csv", "t.parquet"]
+
+
+_BUILDER = """
+import sys, time
+from splitkit.cache import Cache
+art = Cache(sys.argv[1]).artifact("x", {"a": 1})
+art.lock()
+work = art.begin(resume=False)
+print("locked", flush=True)
+time.sleep(1.0)
+(work / "w.bin").write_bytes(b"built by the other process")
+art.seal()
+"""
+
+
+def test_a_second_process_waits_for_the_build_instead_of_racing_it(tmp_path, capsys):
+    """Two studies on one cache: the later one waits for the artifact the first is building, then
+    uses it; before build locks it started its own build in the same work folder and one of them
+    failed with FileNotFoundError when the other sealed."""
+    import subprocess
+    import sys
+
+    from splitkit.pipeline.core import _claim
+
+    child = subprocess.Popen([sys.executable, "-c", _BUILDER, str(tmp_path)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout.readline().strip() == "locked"
+        art = Cache(tmp_path).artifact("x", {"a": 1})
+        assert not art.is_complete()
+        assert _claim(art) is True  # waited, then found it complete: nothing for this process to build
+        assert (art.path / "w.bin").read_bytes() == b"built by the other process"
+        assert "waiting: another process is building x/" in capsys.readouterr().err
+    finally:
+        child.wait(timeout=30)
+    assert child.returncode == 0
+
+
+def test_claim_holds_the_lock_until_seal_and_is_reentrant(tmp_path):
+    from splitkit.pipeline.core import _claim
+
+    art = Cache(tmp_path).artifact("x", {"a": 2})
+    assert _claim(art) is False and str(art.path) in C._HELD_LOCKS
+    assert _claim(art) is False  # the same process again: no deadlock on its own lock
+    work = art.begin(resume=False)
+    (work / "w.bin").write_bytes(b"1")
+    art.seal()
+    assert str(art.path) not in C._HELD_LOCKS
+    assert _claim(art) is True

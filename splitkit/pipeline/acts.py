@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ..config import Config
-from .core import VERSIONS, _cache, _ready, _say
+from .core import VERSIONS, _cache, _claim, _say
 from .lms import get_lm
 from .tokens import get_tokens
 
@@ -22,7 +22,7 @@ def get_acts(cfg: Config, seed: int, split: str | None = None, progress: bool = 
     n_tokens = cfg.analysis.n_tokens if split == "analysis" else cfg.acts.n_tokens
     sub = {**cfg.acts.to_dict(), "split": split, "n_tokens": n_tokens}
     art = _cache(cfg).artifact("acts", sub, {"lm": lm.key}, VERSIONS["acts"])
-    if not _ready(art):
+    if not _claim(art):
         toks = data.tokens(split)
         starts = window_starts(len(toks), cfg.model.n_ctx, n_tokens, seed=None if split == "analysis" else 1234)
         _say(f"harvesting MLP activations of LM seed {seed} on {len(starts) * cfg.model.n_ctx:,} {split} tokens ...")

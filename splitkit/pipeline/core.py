@@ -51,3 +51,16 @@ def _ready(art: Artifact) -> bool:
     except CacheError as e:
         _say(f"rebuilding {art.stage}/{art.key}: {e}")
         return False
+
+
+def _claim(art: Artifact) -> bool:
+    """True when ``art`` is complete, after waiting for any other process that is building it;
+    otherwise False with its build lock held, for the caller to build it (``art.seal()`` releases it)."""
+    if _ready(art):
+        return True
+    art.lock(on_wait=lambda: _say(f"waiting: another process is building {art.stage}/{art.key} ..."))
+    if art.is_complete(verify=True):  # built by the process we waited for
+        art.unlock()
+        return True
+    return False
+

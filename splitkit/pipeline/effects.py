@@ -10,7 +10,7 @@ import numpy as np
 
 from ..cache import atomic_write_json
 from ..config import Config
-from .core import VERSIONS, PipelineError, _cache, _ready
+from .core import VERSIONS, PipelineError, _cache, _claim
 from .families import get_family
 from .lms import get_lm
 
@@ -58,7 +58,7 @@ def get_logit_effects(cfg: Config, seed: int, n: int | None = None, snapshot_ste
         fam = get_family(cfg, seed, progress)
         deps["dicts"] = fam.key
     art = _cache(cfg).artifact("effects", {"n": n, "snapshot_step": snapshot_step, "k": k}, deps, VERSIONS["effects"])
-    if not _ready(art):
+    if not _claim(art):
         work = art.begin(resume=False)
         path = {name: w.numpy() for name, w in lm.model().direct_path().items()}
         W_dec = (np.eye(cfg.model.d_mlp, dtype=np.float32) if n is None

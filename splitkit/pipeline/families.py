@@ -9,7 +9,7 @@ from pathlib import Path
 from ..cache import Artifact, atomic_write_json
 from ..config import Config
 from .acts import get_acts
-from .core import VERSIONS, PipelineError, _cache, _ready, _say
+from .core import VERSIONS, PipelineError, _cache, _claim, _say
 
 
 @dataclass
@@ -116,7 +116,7 @@ def family_build(cfg: Config, seed: int, progress: bool = True) -> FamilyBuild:
     """Build (or reuse) everything upstream of the family of LM ``seed`` and say whether it is cached."""
     store = get_acts(cfg, seed, progress=progress)
     art = family_artifact(cfg, store)
-    return FamilyBuild(store, art, trainer_config(cfg), _ready(art))
+    return FamilyBuild(store, art, trainer_config(cfg), _claim(art))
 
 
 def get_family(cfg: Config, seed: int, progress: bool = True) -> Family:

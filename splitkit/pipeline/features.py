@@ -12,7 +12,7 @@ import numpy as np
 from ..cache import atomic_write_json
 from ..config import Config
 from .acts import get_acts
-from .core import VERSIONS, _cache, _ready, _say, read_artifact_file
+from .core import VERSIONS, _cache, _claim, _say, read_artifact_file
 from .families import get_family
 from .lms import get_lm
 from .tokens import get_tokens
@@ -56,7 +56,7 @@ def get_features(cfg: Config, seed: int, n: int, snapshot_step: int | None = Non
                                             "ultralow_density": cfg.analysis.ultralow_density,
                                             "matmul_dtype": str(mm_dtype).replace("torch.", "")},
                                {"dicts": fam.key, "analysis_acts": store.folder.name}, VERSIONS["features"])
-    if not _ready(art):
+    if not _claim(art):
         work = art.begin(resume=False)
         sae = fam.sae(n, snapshot_step, device=cfg.device)
         _say(f"feature activations of {fam.sae_id(n)}{'' if snapshot_step is None else f' @step {snapshot_step}'} "
@@ -96,7 +96,7 @@ def sae_metrics(cfg: Config, seed: int, n: int, snapshot_step: int | None = None
     train_store = get_acts(cfg, seed, progress=progress)
     art = _cache(cfg).artifact("sae_eval", {"n": n, "snapshot_step": snapshot_step, "eval_tokens": cfg.lm.eval_tokens},
                                {"dicts": fam.key}, VERSIONS["sae_eval"])
-    if not _ready(art):
+    if not _claim(art):
         work = art.begin(resume=False)
         ev = _evaluate(cfg, seed, fam.sae(n, snapshot_step, device=cfg.device), train_store, progress)
         atomic_write_json(work / "stats.json", {"sae_id": fam.sae_id(n), "n_features": n,

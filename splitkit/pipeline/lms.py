@@ -9,7 +9,7 @@ from pathlib import Path
 
 from ..cache import atomic_write_json
 from ..config import Config
-from .core import VERSIONS, PipelineError, _cache, _ready, _say
+from .core import VERSIONS, PipelineError, _cache, _claim, _say
 from .tokens import get_tokens
 
 
@@ -92,7 +92,7 @@ def get_lm(cfg: Config, seed: int, progress: bool = True) -> LMRun:
     check_split_sizes(data.info, cfg)
     art = _cache(cfg).artifact("lm", {"model": cfg.model.to_dict(), "lm": cfg.lm.to_dict(), "seed": seed},
                                {"tokens": data.key}, VERSIONS["lm"])
-    if not _ready(art):
+    if not _claim(art):
         resumed = (art.partial_path / "checkpoint.json").exists()
         _say(f"training LM seed {seed}{' (resuming)' if resumed else ''} on {cfg.lm.n_tokens:,} tokens ...")
         work = art.begin(resume=True)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from ..cache import Artifact, atomic_write_json
 from ..config import Config
-from .core import VERSIONS, _cache, _ready, _say, read_artifact_file
+from .core import VERSIONS, _cache, _claim, _ready, _say, read_artifact_file
 
 
 @dataclass
@@ -28,6 +28,7 @@ class Record:
 
     def write(self, record: dict) -> dict:
         """Seal ``record`` as this entry (replacing any stale copy); returns it."""
+        self.artifact.lock()  # two processes measuring one point write it in turn, not into one folder
         work = self.artifact.begin(resume=False)
         atomic_write_json(work / "record.json", record)
         self.artifact.seal()
@@ -52,7 +53,7 @@ def get_joint_map(cfg: Config, family_keys: dict[str, str], settings: dict, buil
 
     deps = {f"dicts_{r}": k for r, k in sorted(family_keys.items())}
     art = _cache(cfg).artifact("maps", settings, deps, VERSIONS["maps"])
-    if _ready(art):
+    if _claim(art):
         df = read_artifact_file(art.path / "map.parquet", pd.read_parquet)
         df.attrs.update(read_artifact_file(art.path / "attrs.json", lambda p: json.loads(p.read_text())))
         return df

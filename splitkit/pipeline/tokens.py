@@ -14,7 +14,7 @@ import numpy as np
 
 from ..cache import atomic_write_json
 from ..config import Config
-from .core import VERSIONS, PipelineError, _cache, _ready, _say
+from .core import VERSIONS, PipelineError, _cache, _claim, _say
 
 
 def _corpus_fingerprint(cfg: Config) -> dict:
@@ -78,7 +78,7 @@ def get_tokens(cfg: Config, progress: bool = True) -> TokenData:
     art = _cache(cfg).artifact(
         "tokens", {"corpus": cfg.corpus.to_dict(), "tokenizer": cfg.tokenizer.to_dict()},
         {"corpus": json.dumps(_corpus_fingerprint(cfg), sort_keys=True)}, VERSIONS["tokens"])
-    if not _ready(art):
+    if not _claim(art):
         t0 = time.perf_counter()
         _say("reading corpus and training the tokenizer ...")
         docs = load_documents(cfg.corpus)
@@ -137,7 +137,7 @@ def get_extra_tokens(cfg: Config, progress: bool = True) -> np.ndarray:
     data = get_tokens(cfg, progress)
     art = _cache(cfg).artifact("tokens_extra", {"packages": list(pkgs), "order_seed": cfg.corpus.split_seed},
                                {"tokens": data.key, "packages": _packages_fingerprint(pkgs)}, VERSIONS["tokens_extra"])
-    if not _ready(art):
+    if not _claim(art):
         t0 = time.perf_counter()
         _say(f"reading the Python sources of {', '.join(pkgs)} (held-out analysis text) ...")
         exclude = {text_digest(d.text) for d in load_documents(cfg.corpus)}
