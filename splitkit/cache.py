@@ -16,15 +16,15 @@ import json
 import os
 import shutil
 import tempfile
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
 
 try:  # build locks; where there is no fcntl (Windows) concurrent builds are not guarded
     import fcntl
 except ImportError:  # pragma: no cover
     fcntl = None
-from contextlib import contextmanager
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Callable
 
 MANIFEST = "manifest.json"
 
